@@ -1,0 +1,24 @@
+"""Errors that reach users. Each names the item (file, frame, parameter) and what is wrong."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class: the CLI prints these as one clear line and exits non-zero."""
+
+
+class BadInputError(PipelineError):
+    """A user-given file, path or parameter is unusable."""
+
+
+class BadFrameError(PipelineError):
+    """One frame cannot be used; the run records it with its reason and goes on."""
+
+    def __init__(self, frame: str, reason: str):
+        self.frame = frame
+        self.reason = reason
+        super().__init__(f"frame {frame!r}: {reason}")
+
+
+class StoreError(PipelineError):
+    """A mask store is missing, corrupt, or inconsistent with its siblings."""

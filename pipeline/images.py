@@ -1,0 +1,65 @@
+"""Reading frames: one read gives both the RGB pixels and the content hash of the file."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.errors import BadFrameError
+
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a file (the store keeps it per frame to detect changed sources)."""
+    return sha256_bytes(Path(path).read_bytes())
+
+
+def decode_rgb(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes to H x W x 3 uint8 RGB.
+
+    Grayscale is replicated to three channels, 16-bit is scaled to 8-bit, alpha is dropped.
+    Zero-byte, undecodable and truncated files raise BadFrameError naming `name`.
+    """
+    if len(data) == 0:
+        raise BadFrameError(name, "file is empty (0 bytes)")
+    # libjpeg decodes a truncated JPEG silently (grey bottom rows), so check the end marker.
+    if data[:2] == _JPEG_SOI and _JPEG_EOI not in data[-64:]:
+        raise BadFrameError(name, "JPEG is truncated (no end-of-image marker)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise BadFrameError(name, "cannot decode image (unknown format, corrupt or truncated)")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise BadFrameError(name, f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise BadFrameError(name, f"unsupported image shape {img.shape}")
+    if img.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(img, 3, axis=2))
+    if img.shape[2] == 4:
+        img = img[:, :, :3]
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def read_rgb(path: str | Path, name: str | None = None) -> tuple[np.ndarray, str]:
+    """Read a frame: (H x W x 3 uint8 RGB, sha256 of the file bytes)."""
+    path = Path(path)
+    label = name or str(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadFrameError(label, f"file not found: {path}") from None
+    except OSError as exc:
+        raise BadFrameError(label, f"cannot read {path}: {exc.strerror or exc}") from None
+    return decode_rgb(data, label), sha256_bytes(data)

@@ -1,0 +1,126 @@
+"""Frame lists ("manifests"): which frames of a dataset root to process, in which sequences.
+
+A manifest is a JSON file. Frame ids are paths relative to the dataset root (POSIX
+separators); the same ids key the mask stores and the flow datasets. Shards are manifests
+too (a subset of frames with `meta["shard"]`), so one format serves every stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+from pipeline.errors import BadInputError
+
+FORMAT = "unsamflow-manifest"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Frame:
+    id: str  # relative path under the root, e.g. "training/clean/alley_1/frame_0001.png"
+    sequence: str  # frames of one sequence stay together when sharding
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two frames of one sequence and, where the dataset has them, ground-truth files."""
+
+    frame1: str
+    frame2: str
+    flow: str | None = None  # .flo or KITTI 16-bit PNG, relative to the root
+    occlusion: str | None = None  # Sintel occlusions/ (255 = occluded)
+    invalid: str | None = None  # Sintel invalid/ (255 = invalid)
+    occ_kind: str | None = None  # "flow_occ" / "flow_noc" for KITTI, None otherwise
+
+
+@dataclass
+class Manifest:
+    layout: str
+    root: str
+    frames: list[Frame]
+    pairs: list[Pair] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    # -- paths ---------------------------------------------------------------
+    def path(self, frame_id: str) -> Path:
+        """Absolute path of a frame; refuses ids that escape the root."""
+        return safe_join(self.root, frame_id)
+
+    @property
+    def frame_ids(self) -> list[str]:
+        return [f.id for f in self.frames]
+
+    def sequences(self) -> dict[str, list[Frame]]:
+        out: dict[str, list[Frame]] = {}
+        for f in self.frames:
+            out.setdefault(f.sequence, []).append(f)
+        return out
+
+    # -- files ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "layout": self.layout,
+            "root": self.root,
+            "meta": self.meta,
+            "frames": [asdict(f) for f in self.frames],
+            "pairs": [{k: v for k, v in asdict(p).items() if v is not None} for p in self.pairs],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary name, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<manifest>") -> Manifest:
+        if data.get("format") != FORMAT:
+            raise BadInputError(f"{source}: not an unsamflow manifest (format={data.get('format')!r})")
+        if data.get("version") != VERSION:
+            raise BadInputError(f"{source}: manifest version {data.get('version')} is not {VERSION}")
+        try:
+            frames = [Frame(**f) for f in data["frames"]]
+            pairs = [Pair(**p) for p in data.get("pairs", [])]
+            m = cls(data["layout"], data["root"], frames, pairs, data.get("meta", {}))
+        except (KeyError, TypeError) as exc:
+            raise BadInputError(f"{source}: malformed manifest ({exc})") from None
+        for f in m.frames:
+            check_relative(f.id, source)
+        return m
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise BadInputError(f"manifest not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, str(path))
+
+
+def check_relative(frame_id: str, source: str = "manifest") -> str:
+    """Refuse ids that are absolute or climb out of the root with '..'."""
+    p = PurePosixPath(frame_id)
+    if not frame_id or p.is_absolute() or ".." in p.parts or "\\" in frame_id:
+        raise BadInputError(f"{source}: frame id {frame_id!r} escapes the dataset root")
+    return frame_id
+
+
+def safe_join(root: str | Path, frame_id: str) -> Path:
+    """root / frame_id, refusing anything (including symlinks) that resolves outside root."""
+    check_relative(frame_id)
+    root_r = Path(root).resolve()
+    full = (root_r / frame_id).resolve()
+    if full != root_r and root_r not in full.parents:
+        raise BadInputError(f"frame id {frame_id!r} resolves outside the dataset root {root_r}")
+    return full

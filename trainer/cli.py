@@ -1,0 +1,14 @@
+"""`python -m trainer` / `unsamflow-trainer`: evaluate, infer and refine flow."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="unsamflow")
+def main() -> None:
+    """unsamflow trainer: SAM-guided unsupervised optical flow."""
+
+
+# --- commands (one add_command line each; keep this block sorted) ---
