@@ -1,0 +1,1 @@
+"""Benchmarks: each bench_*.py has main() and writes its figures to benchmarks/results/."""

@@ -1,0 +1,22 @@
+"""`make bench`: run every benchmarks/bench_*.py (or those named on the command line)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str]) -> None:
+    here = Path(__file__).resolve().parent
+    names = argv or sorted(p.stem for p in here.glob("bench_*.py"))
+    for name in names:
+        t0 = time.perf_counter()
+        print(f"== {name}", flush=True)
+        importlib.import_module(f"benchmarks.{name}").main()
+        print(f"== {name} done in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
