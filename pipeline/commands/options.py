@@ -1,0 +1,138 @@
+"""Option groups shared by several commands, defined once so that `run` and the stages agree."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import click
+import yaml
+
+from pipeline.cluster import ClusterConfig
+from pipeline.errors import BadInputError
+from pipeline.segmenters.base import SegmenterSpec
+
+
+def _parse_kv(items: tuple[str, ...], what: str) -> dict:
+    """KEY=VALUE pairs; VALUE is parsed as JSON when it can be (numbers, lists, true/false)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInputError(f"{what}: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def segmenter_options(f):
+    """--segmenter, --checkpoint, --model-type and free -o KEY=VALUE options -> kwargs['spec']."""
+
+    @click.option("--segmenter", default="graph", show_default=True,
+                  help="sam, graph (weight-free default), an entry point name, or module:factory.")
+    @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                  help="SAM checkpoint (.pth); implies --segmenter sam.")
+    @click.option("--model-type", default=None, help="SAM model type: vit_h, vit_l, vit_b, vit_tiny.")
+    @click.option("-o", "--segmenter-option", "seg_opts", multiple=True, metavar="KEY=VALUE",
+                  help="Any segmenter option, e.g. -o points_per_side=32 -o pred_iou_thresh=0.86 "
+                       "(see `pipeline segmenters`).")
+    @functools.wraps(f)
+    def wrapper(*args, segmenter, checkpoint, model_type, seg_opts, **kwargs):
+        options = _parse_kv(seg_opts, "--segmenter-option")
+        if checkpoint:
+            segmenter = "sam" if segmenter == "graph" else segmenter
+            options["checkpoint"] = str(Path(checkpoint).resolve())
+        if model_type:
+            options["model_type"] = model_type
+        kwargs["spec"] = SegmenterSpec(segmenter, options)
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+def derive_options(f):
+    """Key-object thresholds (method.md section 1) -> kwargs['derive_config'] (a dict)."""
+    from pipeline.derive import DeriveConfig
+
+    defaults = DeriveConfig()
+
+    @click.option("--key-min-h", type=int, default=defaults.min_h, show_default=True,
+                  help="Key objects: minimum bbox height (px).")
+    @click.option("--key-max-h", type=int, default=defaults.max_h, show_default=True,
+                  help="Key objects: maximum bbox height (px).")
+    @click.option("--key-min-w", type=int, default=defaults.min_w, show_default=True,
+                  help="Key objects: minimum bbox width (px).")
+    @click.option("--key-max-w", type=int, default=defaults.max_w, show_default=True,
+                  help="Key objects: maximum bbox width (px).")
+    @click.option("--key-min-fill", type=float, default=defaults.min_fill, show_default=True,
+                  help="Key objects: minimum area / bbox area.")
+    @click.option("--key-min-overlaps", type=int, default=defaults.min_overlaps, show_default=True,
+                  help="Key objects: minimum number of masks overlapping it (itself included).")
+    @functools.wraps(f)
+    def wrapper(*args, key_min_h, key_max_h, key_min_w, key_max_w, key_min_fill, key_min_overlaps,
+                **kwargs):
+        cfg = DeriveConfig(min_h=key_min_h, max_h=key_max_h, min_w=key_min_w, max_w=key_max_w,
+                           min_fill=key_min_fill, min_overlaps=key_min_overlaps)
+        kwargs["derive_config"] = cfg.to_dict()
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+def cluster_options(f):
+    """Where to run: local workers (default), --scheduler ADDRESS, or SLURM -> kwargs['cluster']."""
+
+    @click.option("--workers", type=click.IntRange(min=1), default=None,
+                  help="Local workers (default: one per GPU, else min(cores, 4)).")
+    @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
+    @click.option("--scheduler", default=None, metavar="ADDRESS",
+                  help="Use a running Dask scheduler, e.g. tcp://head-node:8786.")
+    @click.option("--slurm-jobs", type=click.IntRange(min=1), default=None,
+                  help="Run on SLURM through dask-jobqueue with this many jobs.")
+    @click.option("--slurm-option", "slurm_opts", multiple=True, metavar="KEY=VALUE",
+                  help="SLURMCluster option, e.g. --slurm-option queue=gpu "
+                       "--slurm-option 'job_extra_directives=[\"--gres=gpu:1\"]'.")
+    @click.option("--dashboard/--no-dashboard", default=True, show_default=True,
+                  help="Serve the Dask dashboard of a local cluster.")
+    @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+                  help="Times a failed shard is retried.")
+    @functools.wraps(f)
+    def wrapper(*args, workers, threads_per_worker, scheduler, slurm_jobs, slurm_opts, dashboard,
+                **kwargs):
+        slurm = _parse_kv(slurm_opts, "--slurm-option")
+        if slurm_jobs:
+            slurm["jobs"] = slurm_jobs
+        elif slurm:
+            raise BadInputError("--slurm-option needs --slurm-jobs N")
+        kwargs["cluster"] = ClusterConfig(
+            scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
+            dashboard=":0" if dashboard else None, slurm=slurm,
+        )
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+def load_config(ctx: click.Context, _param, value: str | None):
+    """--config FILE (YAML): its keys become the command's defaults; flags still override."""
+    if value is None:
+        return None
+    path = Path(value)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise click.BadParameter(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: expected a mapping of option names to values")
+    known = {p.name for p in ctx.command.params}
+    clean = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(clean) - known)
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+    ctx.default_map = {**(ctx.default_map or {}), **clean}
+    return value

@@ -1,0 +1,104 @@
+"""`pipeline run`: every stage in order, from one config file or flags; each stage skips done work."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from pipeline.commands.options import cluster_options, derive_options, load_config, segmenter_options
+from pipeline.commands.segment import exit_status, run_segment
+from pipeline.commands.show import render_frames
+from pipeline.errors import BadInputError
+from pipeline.manifest import Manifest
+
+
+@click.command()
+@click.option("--config", type=click.Path(dir_okay=False), callback=load_config, is_eager=True,
+              expose_value=False, help="YAML file whose keys are this command's options (flags override).")
+@click.option("--layout", default=None, help="Dataset layout (sintel, kitti2015, kitti2012, middlebury, "
+              "folder, synthetic). Not needed with --manifest.")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Dataset root.")
+@click.option("--manifest", "manifest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Use this frame list instead of scanning --root.")
+@click.option("--allow-partial", is_flag=True,
+              help="Accept a dataset whose counts differ from the known ones.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output directory: manifest.json, shards/, stores/, pictures/.")
+@click.option("--shards", "num_shards", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Exit 0 even when some frames were bad.")
+@click.option("--no-hash", is_flag=True, help="verify: do not re-hash the source images.")
+@click.option("--pictures", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Pictures of the first N frames.")
+@segmenter_options
+@derive_options
+@cluster_options
+def run(layout, root, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash, pictures,
+        spec, derive_config, cluster, retries) -> None:
+    """manifest -> shard -> segment (+derive) -> index -> verify -> show, in OUT."""
+    from pipeline.index import build_index
+    from pipeline.layouts import check_expected, scan
+    from pipeline.shard import write_shards
+    from pipeline.verify import verify
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    if manifest_file:
+        manifest = Manifest.load(manifest_file)
+    else:
+        if not (layout and root):
+            raise BadInputError("give --layout and --root (or --manifest FILE)")
+        manifest = scan(layout, root)
+        problems = check_expected(manifest)
+        if problems:
+            for line in problems:
+                click.echo(f"count mismatch: {line}", err=True)
+            if not allow_partial:
+                raise BadInputError("dataset incomplete (see above); pass --allow-partial to go on")
+    _save_if_changed(manifest, manifest_path)
+    click.echo(f"[1/6] manifest: {len(manifest.frames)} frames in {len(manifest.sequences())} sequences "
+               f"-> {manifest_path}")
+
+    shard_paths = write_shards(Manifest.load(manifest_path), num_shards, out / "shards")
+    click.echo(f"[2/6] shard: {len(shard_paths)} shards -> {out / 'shards'}")
+
+    click.echo(f"[3/6] segment with {spec.name} (+derive) ...")
+    stores = out / "stores"
+    result = run_segment(out / "shards", stores, spec, derive_config, cluster, retries)
+    click.echo(result.summary())
+
+    index = build_index(stores)
+    click.echo(f"[4/6] index: {len(index.frame_ids)} frames -> {stores / 'index.json'}")
+
+    report = verify(stores, manifest, check_hashes=not no_hash)
+    click.echo(f"[5/6] verify: {'ok' if report.ok else 'PROBLEMS'}")
+    for line in report.lines:
+        click.echo(f"  {line}")
+
+    pics = render_frames(stores, index.frame_ids[:pictures], out / "pictures") if pictures else []
+    click.echo(f"[6/6] pictures: {len(pics)} -> {out / 'pictures'}")
+    click.echo(f"done in {time.perf_counter() - t0:.1f} s: stores in {stores}")
+    status = exit_status(result, skip_bad)
+    sys.exit(status or (0 if report.ok or (skip_bad and _only_bad(report)) else 1))
+
+
+def _save_if_changed(manifest: Manifest, path: Path) -> None:
+    """Keep an identical manifest untouched (its hash keys the shards); refuse a different one."""
+    if path.exists():
+        old = Manifest.load(path)
+        if old.to_dict() == manifest.to_dict():
+            return
+        raise BadInputError(
+            f"{path} exists and lists other frames than this run; use another --out "
+            "(stores made from the old list would be mixed with the new)"
+        )
+    manifest.save(path)
+
+
+def _only_bad(report) -> bool:
+    """verify problems that are only the bad frames the user chose to skip."""
+    return getattr(report, "only_bad_frames", False)

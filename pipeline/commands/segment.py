@@ -1,0 +1,60 @@
+"""`pipeline segment`: shards -> HDF5 mask stores on a Dask cluster."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.cluster import ClusterConfig, open_cluster
+from pipeline.commands.options import cluster_options, derive_options, segmenter_options
+from pipeline.errors import BadInputError
+from pipeline.segment import SegmentResult, segment_shards
+from pipeline.segmenters.base import SegmenterSpec
+
+
+def shard_files(shards: Path) -> list[Path]:
+    """The shard lists in a directory (or one shard file)."""
+    if shards.is_file():
+        return [shards]
+    files = sorted(shards.glob("shard-*.json"))
+    if not files:
+        raise BadInputError(f"no shard-*.json files in {shards}; run `pipeline shard` first")
+    return files
+
+
+def run_segment(
+    shards: Path, out: Path, spec: SegmenterSpec, derive_config: dict, cluster: ClusterConfig,
+    retries: int, progress: bool = True,
+) -> SegmentResult:
+    files = shard_files(shards)
+    with open_cluster(cluster) as client:
+        if progress and client.dashboard_link:
+            click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
+        return segment_shards(files, out, spec, derive_config, client, retries=retries, progress=progress)
+
+
+def exit_status(result: SegmentResult, skip_bad: bool) -> int:
+    """Failed shards always fail the run; bad frames fail it unless the user asked to skip them."""
+    if result.failed:
+        return 1
+    if result.bad and not skip_bad:
+        return 1
+    return 0
+
+
+@click.command()
+@click.option("--shards", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Directory of shard-*.json (from `pipeline shard`) or one shard file.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for the HDF5 stores (one per shard).")
+@click.option("--skip-bad", is_flag=True, help="Exit 0 even when some frames were bad (they stay recorded).")
+@segmenter_options
+@derive_options
+@cluster_options
+def segment(shards: Path, out: Path, skip_bad: bool, spec, derive_config, cluster, retries: int) -> None:
+    """Segment every frame of every shard; complete stores are skipped, failed shards retried."""
+    result = run_segment(shards, out, spec, derive_config, cluster, retries)
+    click.echo(result.summary())
+    sys.exit(exit_status(result, skip_bad))

@@ -1,0 +1,48 @@
+"""`pipeline show`: PNG pictures of frames from the mask stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.errors import BadInputError
+from pipeline.images import read_rgb
+from pipeline.manifest import safe_join
+from pipeline.show import frame_picture, safe_name, save_png
+
+
+def render_frames(stores: Path, frame_ids: list[str], out: Path, root: Path | None = None) -> list[Path]:
+    """Write one picture per frame id; ids are looked up through the store index."""
+    from pipeline.index import Index
+
+    index = Index.load(stores)
+    written = []
+    for fid in frame_ids:
+        fm = index.open(fid)
+        store = index.store_of(fid)
+        base = root or Path(store.source["root"])
+        image, _ = read_rgb(safe_join(base, fid), fid)
+        pic = frame_picture(image, fm.masks, fm.bbox, fm.full_seg, fm.key_objects, fid)
+        written.append(save_png(out / safe_name(fid), pic))
+    return written
+
+
+@click.command()
+@click.option("--stores", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Directory of mask stores (with index.json from `pipeline index`).")
+@click.option("--frame", "frames", multiple=True,
+              help="Frame id (repeatable). Default: the first --count frames.")
+@click.option("--count", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Dataset root if it moved since segmentation (default: the root recorded in the store).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+def show(stores: Path, frames: tuple[str, ...], count: int, root: Path | None, out: Path) -> None:
+    """Masks over the image, the full segmentation and the key objects of frames, as PNG."""
+    from pipeline.index import Index
+
+    ids = list(frames) or Index.load(stores).frame_ids[:count]
+    if not ids:
+        raise BadInputError(f"{stores}: the stores hold no frames")
+    for p in render_frames(stores, ids, out, root):
+        click.echo(p)

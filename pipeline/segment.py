@@ -1,0 +1,277 @@
+"""The `segment` stage: every shard through a segmenter on a Dask cluster, one HDF5 store per shard.
+
+The unit of work is a shard. A task reads its frames, segments them with the worker's cached
+segmenter, derives full_seg and key objects, and writes the store under a temporary name that
+is renamed only when the shard is complete: a killed worker leaves nothing visible, Dask
+reruns the task elsewhere, and a later run skips every complete shard.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import BadFrameError, BadInputError, PipelineError, StoreError
+from pipeline.manifest import Manifest
+from pipeline.segmenters.base import Segmenter, SegmenterSpec
+
+PROGRESS_TOPIC = "unsamflow-progress"
+
+# -- worker side ----------------------------------------------------------------------------
+
+_CACHE: dict[str, Segmenter] = {}
+
+
+def worker_segmenter(spec: SegmenterSpec) -> Segmenter:
+    """The segmenter of this worker process, built on first use and then reused.
+
+    Only one is kept: a worker asked for another configuration drops the old model first, so two
+    SAM models never share one GPU.
+    """
+    key = spec.key()
+    seg = _CACHE.get(key)
+    if seg is None:
+        from pipeline.segmenters import build_segmenter
+
+        _CACHE.clear()
+        threads = os.environ.get("UNSAMFLOW_TORCH_THREADS")
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        seg = _CACHE[key] = build_segmenter(spec)
+    return seg
+
+
+def segmenter_info(seg: Segmenter, spec: SegmenterSpec) -> dict:
+    """What a store records about its producer; `spec` is what a re-run is compared against."""
+    return {
+        "name": seg.name,
+        "version": seg.version,
+        "config": seg.config(),
+        "spec": {"name": spec.name, "options": spec.options},
+    }
+
+
+def records_to_arrays(records: list[dict], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) bool masks and (N, 4) XYWH boxes from segmenter records."""
+    if not records:
+        return np.zeros((0, *shape), bool), np.zeros((0, 4), np.float64)
+    masks = np.stack([np.asarray(r["segmentation"], bool) for r in records])
+    bboxes = np.asarray([r["bbox"] for r in records], np.float64).reshape(-1, 4)
+    return masks, bboxes
+
+
+def _emit(event: dict) -> None:
+    try:
+        from distributed import get_worker
+
+        get_worker().log_event(PROGRESS_TOPIC, event)
+    except ValueError:  # not inside a Dask worker (direct call): nobody is listening
+        pass
+
+
+def remove_stale_temps(store_path: Path) -> None:
+    """Temp files of this store left by a killed writer (the final name is never partial)."""
+    for tmp in store_path.parent.glob(f".{store_path.name}.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def segment_shard(
+    shard_file: str,
+    store_file: str,
+    spec: SegmenterSpec,
+    derive_config: dict,
+) -> dict:
+    """Dask task: segment one shard into one store. Returns the shard's statistics."""
+    from pipeline.derive import DeriveConfig, derive
+    from pipeline.images import read_rgb
+    from pipeline.store import StoreWriter
+
+    t_start = time.perf_counter()
+    shard = Manifest.load(shard_file)
+    seg = worker_segmenter(spec)
+    cfg = DeriveConfig.from_dict(derive_config)
+    store_path = Path(store_file)
+    remove_stale_temps(store_path)
+    stats = {"shard": store_path.name, "frames": 0, "masks": 0, "bad": {}, "segmenter_s": 0.0}
+    source = {
+        "layout": shard.layout,
+        "root": shard.root,
+        "manifest_sha256": shard.meta.get("manifest_sha256"),
+        "shard_file": Path(shard_file).name,
+    }
+    with StoreWriter(
+        store_path,
+        segmenter=segmenter_info(seg, spec),
+        derive_config=cfg.to_dict(),
+        source=source,
+        shard=dict(shard.meta),
+    ) as writer:
+        for frame in shard.frames:
+            try:
+                rgb, sha = read_rgb(shard.path(frame.id), frame.id)
+            except (BadFrameError, BadInputError) as exc:
+                reason = exc.reason if isinstance(exc, BadFrameError) else str(exc)
+                writer.add_bad(frame.id, reason)
+                stats["bad"][frame.id] = reason
+                _emit({"frame": frame.id, "masks": 0, "bad": reason})
+                continue
+            t0 = time.perf_counter()
+            records = seg(rgb)
+            stats["segmenter_s"] += time.perf_counter() - t0
+            masks, bboxes = records_to_arrays(records, rgb.shape[:2])
+            full_seg, key_idx = derive(masks, bboxes, cfg)
+            writer.add_frame(
+                frame.id,
+                image_shape=rgb.shape[:2],
+                sha256=sha,
+                records=records,
+                full_seg=full_seg,
+                key_objects=key_idx,
+            )
+            stats["frames"] += 1
+            stats["masks"] += len(records)
+            _emit({"frame": frame.id, "masks": len(records), "bad": None})
+        writer.commit()
+    stats["task_s"] = time.perf_counter() - t_start
+    return stats
+
+
+# -- client side ----------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentResult:
+    shards: int = 0
+    skipped: int = 0
+    written: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # shard -> error
+    frames: int = 0
+    masks: int = 0
+    bad: dict[str, str] = field(default_factory=dict)  # frame id -> reason
+    wall_s: float = 0.0
+    segmenter_s: float = 0.0
+    dashboard: str | None = None
+
+    def summary(self) -> str:
+        rate = self.frames / self.wall_s if self.wall_s > 0 else 0.0
+        lines = [
+            f"shards: {self.shards} ({self.written} written, {self.skipped} already complete, "
+            f"{len(self.failed)} failed)",
+            f"frames: {self.frames} segmented, {len(self.bad)} bad; masks: {self.masks}",
+            f"time: {self.wall_s:.1f} s wall, {rate:.2f} frames/s; segmenter {self.segmenter_s:.1f} s",
+        ]
+        for frame, reason in sorted(self.bad.items()):
+            lines.append(f"  bad frame {frame}: {reason}")
+        for shard, err in sorted(self.failed.items()):
+            lines.append(f"  failed shard {shard}: {err}")
+        return "\n".join(lines)
+
+
+def store_path_for(shard_file: Path, store_dir: Path) -> Path:
+    return store_dir / (shard_file.name.removesuffix(".json") + ".h5")
+
+
+def check_existing(store: Path, spec: SegmenterSpec, derive_config: dict) -> bool:
+    """True when `store` is complete and made the same way; raises when made another way."""
+    from pipeline.store import MaskStore
+
+    if not store.exists():
+        return False
+    try:
+        ms = MaskStore(store)
+        made_by = ms.segmenter
+        derived = ms.derive_config
+        ms.close()
+    except StoreError as exc:
+        raise StoreError(f"{store} exists but is not a readable mask store ({exc}); remove it") from None
+    want = {"name": spec.name, "options": spec.options}
+    if made_by.get("spec") != _jsonish(want):
+        raise StoreError(
+            f"{store} was made by segmenter {made_by.get('spec')}, this run uses {want}: shards of "
+            "different segmenters cannot be mixed in one store; use another output directory"
+        )
+    if derived != _jsonish(derive_config):
+        raise StoreError(
+            f"{store} was derived with {derived}, this run asks for {derive_config}: "
+            "run `pipeline derive` to re-derive, or use the stored thresholds"
+        )
+    return True
+
+
+def _jsonish(obj):
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def segment_shards(
+    shard_files: list[Path],
+    store_dir: Path,
+    spec: SegmenterSpec,
+    derive_config: dict,
+    client,
+    *,
+    retries: int = 2,
+    progress: bool = True,
+) -> SegmentResult:
+    """Run every incomplete shard on `client`'s cluster; complete stores are skipped, never rewritten."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    store_dir.mkdir(parents=True, exist_ok=True)
+    res = SegmentResult(shards=len(shard_files), dashboard=getattr(client, "dashboard_link", None))
+    todo: list[tuple[Path, Path, int]] = []
+    done_frames = 0
+    for sf in shard_files:
+        n = len(Manifest.load(sf).frames)
+        store = store_path_for(sf, store_dir)
+        if check_existing(store, spec, derive_config):
+            res.skipped += 1
+            done_frames += n
+        else:
+            todo.append((sf, store, n))
+    total = done_frames + sum(n for *_, n in todo)
+    bar = tqdm(total=total, initial=done_frames, unit="frame", disable=not progress, desc="segment")
+
+    def on_event(event) -> None:
+        msg = event[1] if isinstance(event, tuple) else event
+        bar.update(1)
+        if msg.get("masks") is not None:
+            bar.set_postfix_str(f"last: {msg['masks']} masks", refresh=False)
+
+    client.subscribe_topic(PROGRESS_TOPIC, on_event)
+    t0 = time.perf_counter()
+    futures = {
+        client.submit(
+            segment_shard, str(sf), str(store), spec, derive_config,
+            key=f"segment-{store.name}", retries=retries, pure=False,
+        ): store.name
+        for sf, store, _ in todo
+    }
+    try:
+        for fut in as_completed(futures):
+            name = futures[fut]
+            try:
+                stats = fut.result()
+            except PipelineError as exc:
+                res.failed[name] = str(exc)
+                continue
+            except Exception as exc:  # a shard failing after its retries: keep the others going
+                res.failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            res.written += 1
+            res.frames += stats["frames"]
+            res.masks += stats["masks"]
+            res.bad.update(stats["bad"])
+            res.segmenter_s += stats["segmenter_s"]
+    finally:
+        res.wall_s = time.perf_counter() - t0
+        client.unsubscribe_topic(PROGRESS_TOPIC)
+        bar.close()
+    return res

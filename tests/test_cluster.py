@@ -1,0 +1,53 @@
+"""Cluster choice: local workers pinned to their devices, SLURM job scripts, bad addresses."""
+
+import os
+
+import pytest
+
+from pipeline.cluster import ClusterConfig, local_worker_specs, open_cluster, slurm_cluster
+from pipeline.errors import BadInputError
+
+
+def test_local_gpu_workers_are_pinned_one_per_device():
+    # Real worker processes: each must see exactly its own device, as CUDA would enumerate it.
+    cfg = ClusterConfig(gpus=[3, 5], dashboard=None)
+    with open_cluster(cfg) as client:
+        client.wait_for_workers(2)
+        seen = client.run(lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ["UNSAMFLOW_DEVICE"]))
+    assert sorted(seen.values()) == [("3", "cuda:0"), ("5", "cuda:0")]
+
+
+def test_local_cpu_workers_limit_math_threads():
+    specs = local_worker_specs(ClusterConfig(workers=3, threads_per_worker=2, gpus=[]))
+    assert len(specs) == 3
+    for spec in specs.values():
+        assert spec["options"]["nthreads"] == 2
+        assert spec["options"]["env"]["OMP_NUM_THREADS"] == "2"
+
+
+def test_unreachable_scheduler_is_a_clear_error():
+    with pytest.raises(BadInputError, match="cannot reach Dask scheduler at tcp://127.0.0.1:1"), \
+            open_cluster(ClusterConfig(scheduler="tcp://127.0.0.1:1", connect_timeout="1s")):
+        pass
+
+
+def test_slurm_job_script_carries_user_options():
+    pytest.importorskip("dask_jobqueue")
+    cluster, jobs = slurm_cluster({
+        "jobs": 4, "queue": "gpu", "walltime": "02:00:00",
+        "job_extra_directives": ["--gres=gpu:1"], "scheduler_options": {"dashboard_address": None},
+    })
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert jobs == 4
+    assert "#SBATCH -p gpu" in script
+    assert "#SBATCH -t 02:00:00" in script
+    assert "#SBATCH --gres=gpu:1" in script
+
+
+def test_bad_slurm_option_names_it():
+    pytest.importorskip("dask_jobqueue")
+    with pytest.raises(BadInputError, match="bad SLURM option"):
+        slurm_cluster({"no_such_option": 1})
