@@ -17,7 +17,10 @@ class BadFrameError(PipelineError):
     def __init__(self, frame: str, reason: str):
         self.frame = frame
         self.reason = reason
-        super().__init__(f"frame {frame!r}: {reason}")
+        super().__init__(frame, reason)  # both in args, so it pickles across Dask workers
+
+    def __str__(self) -> str:
+        return f"frame {self.frame!r}: {self.reason}"
 
 
 class StoreError(PipelineError):
