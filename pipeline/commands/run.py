@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.commands.manifest import save_manifest, summary
 from pipeline.commands.options import cluster_options, derive_options, load_config, segmenter_options
 from pipeline.commands.segment import exit_status, run_segment
 from pipeline.commands.show import render_frames
@@ -60,8 +61,7 @@ def run(layout, root, manifest_file, allow_partial, out: Path, num_shards, skip_
             if not allow_partial:
                 raise BadInputError("dataset incomplete (see above); pass --allow-partial to go on")
     _save_if_changed(manifest, manifest_path)
-    click.echo(f"[1/6] manifest: {len(manifest.frames)} frames in {len(manifest.sequences())} sequences "
-               f"-> {manifest_path}")
+    click.echo(f"[1/6] manifest: {summary(manifest)} -> {manifest_path}")
 
     shard_paths = write_shards(Manifest.load(manifest_path), num_shards, out / "shards")
     click.echo(f"[2/6] shard: {len(shard_paths)} shards -> {out / 'shards'}")
@@ -83,22 +83,14 @@ def run(layout, root, manifest_file, allow_partial, out: Path, num_shards, skip_
     click.echo(f"[6/6] pictures: {len(pics)} -> {out / 'pictures'}")
     click.echo(f"done in {time.perf_counter() - t0:.1f} s: stores in {stores}")
     status = exit_status(result, skip_bad)
-    sys.exit(status or (0 if report.ok or (skip_bad and _only_bad(report)) else 1))
+    sys.exit(status or (0 if report.ok or (skip_bad and report.only_bad_frames) else 1))
 
 
 def _save_if_changed(manifest: Manifest, path: Path) -> None:
     """Keep an identical manifest untouched (its hash keys the shards); refuse a different one."""
-    if path.exists():
-        old = Manifest.load(path)
-        if old.to_dict() == manifest.to_dict():
-            return
+    if path.exists() and Manifest.load(path).to_dict() != manifest.to_dict():
         raise BadInputError(
             f"{path} exists and lists other frames than this run; use another --out "
             "(stores made from the old list would be mixed with the new)"
         )
-    manifest.save(path)
-
-
-def _only_bad(report) -> bool:
-    """verify problems that are only the bad frames the user chose to skip."""
-    return getattr(report, "only_bad_frames", False)
+    save_manifest(manifest, path)

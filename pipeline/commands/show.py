@@ -19,8 +19,8 @@ def render_frames(stores: Path, frame_ids: list[str], out: Path, root: Path | No
     index = Index.load(stores)
     written = []
     for fid in frame_ids:
-        fm = index.open(fid)
-        store = index.store_of(fid)
+        store, row = index.store_for(fid)
+        fm = store.read(row)
         base = root or Path(store.source["root"])
         image, _ = read_rgb(safe_join(base, fid), fid)
         pic = frame_picture(image, fm.masks, fm.bbox, fm.full_seg, fm.key_objects, fid)
