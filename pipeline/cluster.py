@@ -8,6 +8,7 @@ limited to their share of the cores so that N workers do not oversubscribe the m
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,7 +53,8 @@ def local_worker_specs(cfg: ClusterConfig) -> dict[str, dict]:
             env = {"CUDA_VISIBLE_DEVICES": str(dev), "UNSAMFLOW_DEVICE": "cuda:0"}
             specs[f"gpu{dev}"] = {
                 "cls": Nanny,
-                "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}, "name": f"gpu{dev}"},
+                "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}, "name": f"gpu{dev}",
+                            "silence_logs": logging.WARNING},
             }
         return specs
     n = cfg.workers or max(1, min(os.cpu_count() or 1, 4))
@@ -69,7 +71,8 @@ def local_worker_specs(cfg: ClusterConfig) -> dict[str, dict]:
     for i in range(n):
         specs[f"cpu{i}"] = {
             "cls": Nanny,
-            "options": {"nthreads": cfg.threads_per_worker, "env": env, "name": f"cpu{i}"},
+            "options": {"nthreads": cfg.threads_per_worker, "env": env, "name": f"cpu{i}",
+                        "silence_logs": logging.WARNING},
         }
     return specs
 
@@ -123,7 +126,9 @@ def open_cluster(cfg: ClusterConfig) -> Iterator:
             "cls": Scheduler,
             "options": {"dashboard_address": cfg.dashboard, "dashboard": cfg.dashboard is not None},
         }
-        cluster = SpecCluster(workers=local_worker_specs(cfg), scheduler=scheduler, silence_logs=40)
+        cluster = SpecCluster(
+            workers=local_worker_specs(cfg), scheduler=scheduler, silence_logs=logging.WARNING
+        )
     try:
         client = Client(cluster)
         try:

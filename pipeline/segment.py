@@ -210,6 +210,30 @@ def _jsonish(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+@dataclass
+class Plan:
+    """Which shards still need work; complete stores are never touched again."""
+
+    todo: list[tuple[Path, Path, int]]  # (shard file, store file, frames)
+    skipped: int
+    done_frames: int
+
+
+def plan_shards(
+    shard_files: list[Path], store_dir: Path, spec: SegmenterSpec, derive_config: dict
+) -> Plan:
+    todo, skipped, done_frames = [], 0, 0
+    for sf in shard_files:
+        n = len(Manifest.load(sf).frames)
+        store = store_path_for(sf, store_dir)
+        if check_existing(store, spec, derive_config):
+            skipped += 1
+            done_frames += n
+        else:
+            todo.append((sf, store, n))
+    return Plan(todo, skipped, done_frames)
+
+
 def segment_shards(
     shard_files: list[Path],
     store_dir: Path,
@@ -219,29 +243,28 @@ def segment_shards(
     *,
     retries: int = 2,
     progress: bool = True,
+    plan: Plan | None = None,
 ) -> SegmentResult:
     """Run every incomplete shard on `client`'s cluster; complete stores are skipped, never rewritten."""
     from distributed import as_completed
     from tqdm import tqdm
 
     store_dir.mkdir(parents=True, exist_ok=True)
-    res = SegmentResult(shards=len(shard_files), dashboard=getattr(client, "dashboard_link", None))
-    todo: list[tuple[Path, Path, int]] = []
-    done_frames = 0
-    for sf in shard_files:
-        n = len(Manifest.load(sf).frames)
-        store = store_path_for(sf, store_dir)
-        if check_existing(store, spec, derive_config):
-            res.skipped += 1
-            done_frames += n
-        else:
-            todo.append((sf, store, n))
-    total = done_frames + sum(n for *_, n in todo)
-    bar = tqdm(total=total, initial=done_frames, unit="frame", disable=not progress, desc="segment")
+    plan = plan or plan_shards(shard_files, store_dir, spec, derive_config)
+    res = SegmentResult(shards=len(shard_files), skipped=plan.skipped)
+    if client is not None:
+        res.dashboard = client.dashboard_link
+    todo = plan.todo
+    total = plan.done_frames + sum(n for *_, n in todo)
+    bar = tqdm(total=total, initial=plan.done_frames, unit="frame", disable=not progress, desc="segment")
+    if not todo:
+        bar.close()
+        return res
 
     def on_event(event) -> None:
         msg = event[1] if isinstance(event, tuple) else event
-        bar.update(1)
+        if bar.n < bar.total:  # a retried shard reports its frames again
+            bar.update(1)
         if msg.get("masks") is not None:
             bar.set_postfix_str(f"last: {msg['masks']} masks", refresh=False)
 

@@ -10,7 +10,7 @@ import click
 from pipeline.cluster import ClusterConfig, open_cluster
 from pipeline.commands.options import cluster_options, derive_options, segmenter_options
 from pipeline.errors import BadInputError
-from pipeline.segment import SegmentResult, segment_shards
+from pipeline.segment import SegmentResult, plan_shards, segment_shards
 from pipeline.segmenters.base import SegmenterSpec
 
 
@@ -29,10 +29,14 @@ def run_segment(
     retries: int, progress: bool = True,
 ) -> SegmentResult:
     files = shard_files(shards)
+    plan = plan_shards(files, out, spec, derive_config)
+    if not plan.todo:  # nothing to do: no cluster to start
+        return segment_shards(files, out, spec, derive_config, None, plan=plan, progress=progress)
     with open_cluster(cluster) as client:
         if progress and client.dashboard_link:
             click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        return segment_shards(files, out, spec, derive_config, client, retries=retries, progress=progress)
+        return segment_shards(files, out, spec, derive_config, client, retries=retries, progress=progress,
+                              plan=plan)
 
 
 def exit_status(result: SegmentResult, skip_bad: bool) -> int:

@@ -44,3 +44,33 @@ class SegmenterSpec:
         import json
 
         return json.dumps([self.name, self.options], sort_keys=True, default=str)
+
+
+def check_records(records: list[dict[str, Any]], shape: tuple[int, int], segmenter: str) -> None:
+    """Raise BadInputError naming `segmenter` and the record when records break the format.
+
+    Cheap structural checks (keys, mask shape and dtype, box and point lengths, area == mask pixels), meant
+    for output of third-party plug-ins before it reaches a store.
+    """
+    from pipeline.errors import BadInputError
+
+    if not isinstance(records, list):
+        raise BadInputError(f"segmenter {segmenter!r} returned a {type(records).__name__}, not a list")
+    for i, rec in enumerate(records):
+        missing = [k for k in RECORD_KEYS if k not in rec]
+        if missing:
+            raise BadInputError(f"segmenter {segmenter!r}: record {i} lacks keys {missing}")
+        seg = rec["segmentation"]
+        if not isinstance(seg, np.ndarray) or seg.dtype != bool or seg.shape != tuple(shape):
+            got = (getattr(seg, "shape", None), getattr(seg, "dtype", type(seg).__name__))
+            raise BadInputError(
+                f"segmenter {segmenter!r}: record {i} segmentation must be a bool array of shape "
+                f"{tuple(shape)}, got shape/dtype {got}"
+            )
+        if len(rec["bbox"]) != 4 or len(rec["crop_box"]) != 4:
+            raise BadInputError(f"segmenter {segmenter!r}: record {i} bbox and crop_box must be [x, y, w, h]")
+        if not rec["point_coords"] or any(len(p) != 2 for p in rec["point_coords"]):
+            raise BadInputError(f"segmenter {segmenter!r}: record {i} point_coords must be [[x, y], ...]")
+        pixels = int(np.count_nonzero(seg))
+        if int(rec["area"]) != pixels:
+            raise BadInputError(f"segmenter {segmenter!r}: record {i} area {rec['area']} but {pixels} pixels")

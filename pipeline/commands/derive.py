@@ -1,0 +1,44 @@
+"""`pipeline derive`: recompute full_seg and key objects of every store with new thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.commands.options import derive_options
+
+
+@click.command()
+@click.option("--stores", "store_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory of mask stores (*.h5).")
+@derive_options
+def derive(store_dir: Path, derive_config: dict) -> None:
+    """Re-derive every store from its stored masks (the segmenter is not run again).
+
+    Stores already derived with the same thresholds are skipped; each other store is rewritten
+    atomically. An existing index.json is rebuilt afterwards (the stores changed).
+    """
+    from pipeline.derive import DeriveConfig
+    from pipeline.index import INDEX_NAME, build_index, store_files
+    from pipeline.store import MaskStore, rewrite_derived
+
+    cfg = DeriveConfig.from_dict(derive_config)
+    files = store_files(store_dir)
+    if not files:
+        click.echo(f"no mask stores (*.h5) in {store_dir}")
+        return
+    done = skipped = 0
+    for path in files:
+        with MaskStore(path) as store:
+            same = store.derive_config == cfg.to_dict()
+        if same:
+            skipped += 1
+            continue
+        rewrite_derived(path, cfg)
+        done += 1
+        click.echo(f"re-derived {path.name}")
+    click.echo(f"derive: {done} stores re-derived, {skipped} already derived with these thresholds")
+    if done and (store_dir / INDEX_NAME).exists():
+        build_index(store_dir)
+        click.echo(f"index rebuilt: {store_dir / INDEX_NAME}")

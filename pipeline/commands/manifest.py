@@ -1,0 +1,102 @@
+"""`pipeline manifest`: scan a dataset root into a frame list, checked against the known counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.errors import BadInputError
+from pipeline.layouts import LAYOUTS, check_expected, scan
+from pipeline.manifest import Manifest
+
+
+def save_manifest(manifest: Manifest, out: Path) -> str:
+    """Write unless `out` already holds the same manifest; returns 'written', 'updated' or 'up to date'.
+
+    Leaving an identical file untouched keeps its mtime, so later stages see nothing new.
+    """
+    if out.is_file():
+        try:
+            same = Manifest.load(out).to_dict() == manifest.to_dict()
+        except BadInputError:
+            same = False  # not a manifest (or a broken one): replace it
+        if same:
+            return "up to date"
+        manifest.save(out)
+        return "updated"
+    manifest.save(out)
+    return "written"
+
+
+def summary(manifest: Manifest) -> str:
+    c = manifest.meta.get("counts", {})
+    return (
+        f"{manifest.layout} {manifest.root}: {c.get('frames', len(manifest.frames))} frames in "
+        f"{c.get('sequences', len(manifest.sequences()))} sequences, {c.get('pairs', len(manifest.pairs))} "
+        f"pairs ({c.get('pairs_with_gt', 0)} with ground truth)"
+    )
+
+
+@click.command()
+@click.option("--layout", required=True, help=f"Dataset layout: {', '.join(LAYOUTS)}.")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Manifest file to write (JSON).",
+)
+@click.option("--split", default=None, help="sintel: training|test; kitti*: training|testing.")
+@click.option(
+    "--pass",
+    "passes",
+    multiple=True,
+    help="sintel: clean, final, albedo (repeatable; default clean and final).",
+)
+@click.option(
+    "--multiview/--no-multiview",
+    default=None,
+    help="kitti*: every frame of the multi-view download, not only the 10 -> 11 pair.",
+)
+@click.option("--gray/--no-gray", default=None, help="kitti2012: image_0/; middlebury: other-data-gray/.")
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Write the manifest even when the counts differ from data_manifests/<layout>.yaml.",
+)
+def manifest(
+    layout: str,
+    root: Path,
+    out: Path,
+    split: str | None,
+    passes: tuple[str, ...],
+    multiview: bool | None,
+    gray: bool | None,
+    allow_partial: bool,
+) -> None:
+    """Scan ROOT in LAYOUT into a frame list (frames, sequences, pairs with ground-truth paths)."""
+    m = scan(layout, root, split=split, passes=list(passes) or None, multiview=multiview, gray=gray)
+    click.echo(summary(m))
+    ignored = m.meta.get("ignored")
+    if ignored:
+        click.echo(
+            f"note: {ignored['count']} files are not part of the {layout} layout and were skipped, "
+            f"e.g. {', '.join(ignored['examples'][:3])}",
+            err=True,
+        )
+    if m.meta.get("missing_dirs"):
+        click.echo(f"note: missing folders: {', '.join(m.meta['missing_dirs'])}", err=True)
+
+    problems = check_expected(m)
+    for line in problems:
+        click.echo(f"count mismatch: {line}", err=True)
+    if problems and not allow_partial:
+        raise BadInputError(
+            f"{root} does not hold the complete {layout} dataset ({len(problems)} mismatch(es) above); "
+            f"{out} was not written. Pass --allow-partial to write it anyway"
+        )
+    status = save_manifest(m, out)
+    click.echo(f"{out}: {status}")
+    if problems:
+        click.echo(f"warning: {out} lists an incomplete {layout} dataset (--allow-partial)", err=True)

@@ -1,0 +1,51 @@
+"""`pipeline show-flow`: one dataset pair as a picture (frame1 | frame2 | [flow] | GT | [error])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.errors import BadInputError
+from pipeline.flow_datasets import FlowDataset
+from pipeline.flow_io import read_flow
+from pipeline.flow_viz import flow_panel, write_png
+
+
+@click.command("show-flow")
+@click.option("--layout", required=True, help="Dataset layout (sintel, kitti2015, kitti2012, middlebury, "
+              "folder, synthetic).")  # fmt: skip
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--pair", "pair_index", type=int, default=None, help="Pair index in the scanned manifest.")
+@click.option("--frame", default=None, help="Frame id of the pair's first frame (instead of --pair).")
+@click.option("--flow", "pred", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A predicted flow (.flo / KITTI .png) to draw beside the GT with its error map.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
+@click.option("--max-flow", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Flow magnitude at full colour (fixed, so pictures compare). Default: the largest GT.")
+@click.option("-l", "--layout-option", "layout_opts", multiple=True, metavar="KEY=VALUE",
+              help="Layout option, e.g. -l passes=final -l gray=true.")
+def show_flow(layout: str, root: Path, pair_index: int | None, frame: str | None, pred: Path | None,
+              out: Path, max_flow: float | None, layout_opts: tuple[str, ...]) -> None:  # fmt: skip
+    """Draw a pair of a dataset with its ground-truth flow in the Middlebury colour wheel."""
+    from pipeline.commands.options import _parse_kv
+    from pipeline.layouts import scan
+
+    if pair_index is not None and frame is not None:
+        raise BadInputError("give --pair or --frame, not both")
+    ds = FlowDataset(scan(layout, root, **_parse_kv(layout_opts, "--layout-option")))
+    if not len(ds):
+        raise BadInputError(f"{root}: the {layout} layout found no frame pairs")
+    index = ds.index_of(frame) if frame is not None else (pair_index or 0)
+    if not -len(ds) <= index < len(ds):
+        raise BadInputError(f"--pair {index} is out of range: {root} has {len(ds)} pairs")
+    s = ds[index]
+    flow = None
+    if pred is not None:
+        flow, _ = read_flow(pred)
+        if flow.shape[:2] != s["img1"].shape[:2]:
+            raise BadInputError(f"{pred}: flow is {flow.shape[1]}x{flow.shape[0]}, frames are "
+                                f"{s['img1'].shape[1]}x{s['img1'].shape[0]}")  # fmt: skip
+    panel = flow_panel(s["img1"], s["img2"], flow, s.get("flow"), s.get("valid"), max_flow)
+    click.echo(f"{write_png(out, panel)}: {s['frame1']} -> {s['frame2']}"
+               + ("" if "flow" in s else " (no ground truth)"))  # fmt: skip

@@ -1,0 +1,196 @@
+"""One index over every store of a directory: frame id -> (shard file, row).
+
+Saved as `index.json` next to the stores. JSON is enough: a 100k-frame index is a few MB and
+loads in well under a second, and people can read it. Each shard's size and mtime are recorded
+so that a stale index (a store rewritten by `derive`, or replaced) is refused rather than trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import StoreError
+from pipeline.store import FrameMasks, MaskStore
+
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "unsamflow-index"
+INDEX_VERSION = 1
+
+
+def store_files(store_dir: str | Path) -> list[Path]:
+    """Every complete store in `store_dir`: `*.h5`, not hidden (writers' temp files start with '.')."""
+    store_dir = Path(store_dir)
+    if not store_dir.is_dir():
+        raise StoreError(f"store directory not found: {store_dir}")
+    return sorted(p for p in store_dir.glob("*.h5") if not p.name.startswith(".") and p.is_file())
+
+
+def first_difference(a: dict, b: dict) -> str | None:
+    """Name of the first key whose values differ (sorted order), or None when equal."""
+    for key in sorted(set(a) | set(b), key=str):
+        if a.get(key) != b.get(key):
+            return key
+    return None
+
+
+def check_same_producer(ref_name: str, ref: MaskStore, name: str, other: MaskStore) -> str | None:
+    """A message naming both files and the differing field when two stores were made differently."""
+    for what, x, y in (("segmenter", ref.segmenter, other.segmenter),
+                       ("derive config", ref.derive_config, other.derive_config)):
+        key = first_difference(x, y)
+        if key is not None:
+            return (f"{ref_name} and {name} differ in {what} field {key!r}: "
+                    f"{x.get(key)!r} vs {y.get(key)!r}")
+    return None
+
+
+def _stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass
+class Index:
+    """Frame id -> (shard file, row) over one store directory; opens stores lazily and caches them."""
+
+    store_dir: Path
+    shards: list[dict]  # {"file", "size", "mtime_ns", "frames", "bad"}
+    frames: dict[str, tuple[int, int]]  # frame id -> (shard number, row)
+    bad_frames: dict[str, str] = field(default_factory=dict)
+    segmenter: dict = field(default_factory=dict)
+    derive_config: dict = field(default_factory=dict)
+    _stores: dict[int, MaskStore] = field(default_factory=dict, repr=False)
+
+    # -- lookup -------------------------------------------------------------------------------
+    @property
+    def frame_ids(self) -> list[str]:
+        return list(self.frames)
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __contains__(self, frame_id: str) -> bool:
+        return frame_id in self.frames
+
+    def locate(self, frame_id: str) -> tuple[Path, int]:
+        """(store file, row) of a frame."""
+        shard, row = self._lookup(frame_id)
+        return self.store_dir / self.shards[shard]["file"], row
+
+    def _lookup(self, frame_id: str) -> tuple[int, int]:
+        try:
+            return self.frames[frame_id]
+        except KeyError:
+            hint = f" (recorded as bad: {self.bad_frames[frame_id]})" if frame_id in self.bad_frames else ""
+            raise StoreError(f"{self.store_dir / INDEX_NAME}: no frame {frame_id!r}{hint}") from None
+
+    def store_for(self, frame_id: str) -> tuple[MaskStore, int]:
+        """The (cached) MaskStore holding a frame and its row there."""
+        shard, row = self._lookup(frame_id)
+        if shard not in self._stores:
+            self._stores[shard] = MaskStore(self.store_dir / self.shards[shard]["file"])
+        return self._stores[shard], row
+
+    def open(self, frame_id: str) -> FrameMasks:
+        """Everything stored about one frame."""
+        store, row = self.store_for(frame_id)
+        return store.read(row)
+
+    def close(self) -> None:
+        for s in self._stores.values():
+            s.close()
+        self._stores.clear()
+
+    # -- files --------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "segmenter": self.segmenter,
+            "derive_config": self.derive_config,
+            "shards": self.shards,
+            "frames": {fid: list(loc) for fid, loc in self.frames.items()},
+            "bad_frames": self.bad_frames,
+        }
+
+    def save(self) -> Path:
+        """Write `index.json` atomically into the store directory."""
+        path = self.store_dir / INDEX_NAME
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=0))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, store_dir: str | Path, check_stale: bool = True) -> Index:
+        """Read `index.json`; refuses it when a store it lists has changed or gone since indexing."""
+        store_dir = Path(store_dir)
+        path = store_dir / INDEX_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"no index in {store_dir}: run `pipeline index --stores {store_dir}`") from None
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{path}: not valid JSON ({exc})") from None
+        if data.get("format") != INDEX_FORMAT or data.get("version") != INDEX_VERSION:
+            raise StoreError(f"{path}: not an unsamflow index version {INDEX_VERSION} "
+                             f"(format={data.get('format')!r}, version={data.get('version')!r})")
+        if check_stale:
+            rerun = f"run `pipeline index --stores {store_dir}`"
+            for shard in data["shards"]:
+                store = store_dir / shard["file"]
+                if not store.is_file():
+                    raise StoreError(f"{path} is stale: {store} is gone; {rerun}")
+                if _stamp(store) != {"size": shard["size"], "mtime_ns": shard["mtime_ns"]}:
+                    raise StoreError(f"{path} is stale: {store} changed since indexing; {rerun}")
+        return cls(
+            store_dir=store_dir,
+            shards=data["shards"],
+            frames={fid: (int(s), int(r)) for fid, (s, r) in data["frames"].items()},
+            bad_frames=data.get("bad_frames", {}),
+            segmenter=data.get("segmenter", {}),
+            derive_config=data.get("derive_config", {}),
+        )
+
+
+def build_index(store_dir: str | Path, save: bool = True) -> Index:
+    """Index every store in `store_dir` (and write `index.json` unless save=False).
+
+    Refuses stores made by different segmenters / segmenter configs or derive configs, and frame ids
+    present in two stores, naming both files.
+    """
+    store_dir = Path(store_dir)
+    files = store_files(store_dir)
+    if not files:
+        raise StoreError(f"no mask stores (*.h5) in {store_dir}")
+    shards: list[dict] = []
+    frames: dict[str, tuple[int, int]] = {}
+    bad: dict[str, str] = {}
+    where: dict[str, str] = {}  # frame id -> store name, for duplicate messages
+    ref: MaskStore | None = None
+    for i, path in enumerate(files):
+        with MaskStore(path) as store:
+            if ref is None:
+                ref = MaskStore(path)
+            else:
+                problem = check_same_producer(files[0].name, ref, path.name, store)
+                if problem:
+                    raise StoreError(f"cannot index {store_dir}: {problem}")
+            ids = store.frame_ids
+            store_bad = store.bad_frames
+            for fid in [*ids, *store_bad]:
+                if fid in where:
+                    raise StoreError(f"frame {fid!r} is in two stores: {where[fid]} and {path.name}")
+                where[fid] = path.name
+            frames.update({fid: (i, row) for row, fid in enumerate(ids)})
+            bad.update(store_bad)
+            shards.append({"file": path.name, **_stamp(path), "frames": len(ids), "bad": len(store_bad)})
+    assert ref is not None
+    index = Index(store_dir, shards, frames, bad, ref.segmenter, ref.derive_config)
+    ref.close()
+    if save:
+        index.save()
+    return index

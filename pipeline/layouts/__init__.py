@@ -1,0 +1,126 @@
+"""Dataset layouts: scan a dataset root in a known tree format into a Manifest.
+
+    manifest = scan("sintel", "/data/MPI-Sintel", passes="final")
+    problems = check_expected(manifest)   # [] when the counts match data_manifests/sintel.yaml
+
+Each layout lives in its own module and registers one `Layout` in LAYOUTS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import BadInputError
+from pipeline.layouts import folder, kitti, middlebury, sintel
+from pipeline.layouts.base import Layout, ScanResult, natural_key
+from pipeline.layouts.expected import check_expected, expected_for
+from pipeline.manifest import Manifest
+
+__all__ = [
+    "LAYOUTS",
+    "Layout",
+    "ScanResult",
+    "check_expected",
+    "expected_for",
+    "get_layout",
+    "natural_key",
+    "register",
+    "scan",
+]
+
+LAYOUTS: dict[str, Layout] = {}
+
+
+def register(layout: Layout) -> Layout:
+    """Add a layout to LAYOUTS (a module elsewhere may add its own with one line below)."""
+    if layout.name in LAYOUTS and LAYOUTS[layout.name] is not layout:
+        raise ValueError(f"layout {layout.name!r} is registered twice")
+    LAYOUTS[layout.name] = layout
+    return layout
+
+
+for _layout in (sintel.LAYOUT, kitti.KITTI2015, kitti.KITTI2012, middlebury.LAYOUT, folder.LAYOUT):
+    register(_layout)
+
+# --- more layouts: one `register(module.LAYOUT)` line each, with its import ---
+
+from pipeline.layouts import synthetic  # noqa: E402  (synthetic scenes: pipeline.synthetic)
+
+LAYOUTS[synthetic.LAYOUT.name] = synthetic.LAYOUT
+
+_MAX_IGNORED_EXAMPLES = 20
+
+
+def scan(layout: str, root: str | Path, **options: Any) -> Manifest:
+    """Scan `root` as `layout`; options left out (or None) take the layout's defaults.
+
+    meta records the full options, the counts, and any files that were present but not part
+    of the layout ("ignored") or selected folders that were missing ("missing_dirs").
+    """
+    spec = get_layout(layout)
+    opts = _resolve_options(spec, options)
+    root_path = Path(root)
+    if not root_path.is_dir():
+        what = "is not a folder" if root_path.exists() else "does not exist"
+        raise BadInputError(f"dataset root {root_path} {what}")
+    root_path = root_path.resolve()
+    found = spec.scanner(root_path, opts)
+    if not found.frames:
+        where = f" (missing: {', '.join(found.missing_dirs)})" if found.missing_dirs else ""
+        raise BadInputError(f"{root_path}: no {spec.name} frames found{where}; {spec.description}")
+    meta: dict[str, Any] = {"options": opts, "counts": counts(found)}
+    if found.ignored:
+        meta["ignored"] = {"count": len(found.ignored), "examples": found.ignored[:_MAX_IGNORED_EXAMPLES]}
+    if found.missing_dirs:
+        meta["missing_dirs"] = found.missing_dirs
+    return Manifest(spec.name, str(root_path), found.frames, found.pairs, meta)
+
+
+def get_layout(name: str) -> Layout:
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise BadInputError(f"unknown layout {name!r}; known layouts: {', '.join(LAYOUTS)}") from None
+
+
+def counts(found: ScanResult | Manifest) -> dict[str, int]:
+    return {
+        "frames": len(found.frames),
+        "sequences": len({f.sequence for f in found.frames}),
+        "pairs": len(found.pairs),
+        "pairs_with_gt": sum(p.flow is not None for p in found.pairs),
+    }
+
+
+def _resolve_options(spec: Layout, given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults overlaid with the given options, each coerced to its default's type and checked."""
+    opts = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in spec.options.items()}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in spec.options:
+            known = ", ".join(spec.options) or "none"
+            raise BadInputError(f"layout {spec.name!r} has no option {key!r} (its options: {known})")
+        default = spec.options[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise BadInputError(
+                    f"layout {spec.name!r}: option {key!r} must be true or false, not {value!r}"
+                )
+        elif isinstance(default, list):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            value = [str(v).strip() for v in items if str(v).strip()]
+            if not value:
+                raise BadInputError(f"layout {spec.name!r}: option {key!r} needs at least one value")
+            value = list(dict.fromkeys(value))  # drop repeats, keep the user's order
+        else:
+            value = str(value)
+        allowed = spec.choices.get(key)
+        bad = [v for v in (value if isinstance(value, list) else [value]) if allowed and v not in allowed]
+        if bad:
+            raise BadInputError(
+                f"layout {spec.name!r}: option {key!r} got {bad[0]!r}; choose from {', '.join(allowed)}"
+            )
+        opts[key] = value
+    return opts

@@ -1,0 +1,112 @@
+"""What every layout scanner shares: the Layout record, safe directory listing, natural order.
+
+A scanner only knows its dataset's tree. It lists directories through `list_dir`, which
+skips hidden entries and refuses anything that resolves outside the dataset root, so no
+scanner can hand a path escaping the root to a later stage.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import BadInputError
+from pipeline.manifest import Frame, Pair, safe_join
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp"})
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+@dataclass
+class ScanResult:
+    """What a scanner found; `scan()` turns it into a Manifest with counts in its meta."""
+
+    frames: list[Frame] = field(default_factory=list)
+    pairs: list[Pair] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # files present but not part of the layout
+    missing_dirs: list[str] = field(default_factory=list)  # selected folders that do not exist
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A dataset tree format.
+
+    `options` holds every option the layout takes with its default; `scanner(root, options)`
+    gets the full, validated option dict. `groups(options)` names the folders (relative to
+    the root) whose sub-folders are the sequences selected by those options; expected counts
+    in data_manifests/ are given per group.
+    """
+
+    name: str
+    description: str
+    scanner: Callable[[Path, dict[str, Any]], ScanResult]
+    options: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    groups: Callable[[dict[str, Any]], list[str]] = lambda options: []
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting frame2 before frame10; the raw name breaks ties so order is total."""
+    parts = _DIGITS.split(name)
+    return (tuple(int(p) if i % 2 else p.casefold() for i, p in enumerate(parts)), name)
+
+
+def group_of(sequence: str) -> str:
+    """'training/clean/alley_1' -> 'training/clean' (the folder holding the sequence)."""
+    return sequence.rsplit("/", 1)[0] if "/" in sequence else ""
+
+
+def list_dir(root: Path, rel: str) -> tuple[list[str], list[str]]:
+    """(sub-directory names, file names) of root/rel, hidden entries skipped, naturally sorted.
+
+    Symlinks are followed only when they stay inside the root; one that escapes raises
+    BadInputError naming it. A missing folder gives two empty lists.
+    """
+    base = root / rel if rel else root
+    dirs: list[str] = []
+    files: list[str] = []
+    try:
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        return dirs, files
+    except NotADirectoryError:
+        raise BadInputError(f"{base} is a file; the layout expects a folder there") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        rel_id = f"{rel}/{entry.name}" if rel else entry.name
+        if "\\" in entry.name:  # ids are POSIX paths; a manifest holding one could not be loaded
+            raise BadInputError(f"{base / entry.name}: names with a backslash are not supported")
+        if entry.is_symlink():
+            safe_join(root, rel_id)  # raises when the link leads outside the root
+        if entry.is_dir():
+            dirs.append(entry.name)
+        elif entry.is_file():
+            files.append(entry.name)
+    dirs.sort(key=natural_key)
+    files.sort(key=natural_key)
+    return dirs, files
+
+
+def is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def numbered_pairs(frames: list[tuple[int, Frame]]) -> list[tuple[Frame, Frame]]:
+    """Consecutive pairs of numbered frames; a gap in the numbering breaks the chain.
+
+    Pairing across a gap (frame 2 -> frame 4) would attach frame 2's ground truth to the
+    wrong second frame, so numbered layouts pair only n -> n+1.
+    """
+    ordered = sorted(frames, key=lambda nf: nf[0])
+    return [(a, b) for (na, a), (nb, b) in zip(ordered, ordered[1:], strict=False) if nb == na + 1]
+
+
+def existing(root: Path, rel: str) -> str | None:
+    """rel if root/rel is a file (inside the root), else None: GT is listed only when present."""
+    return rel if (root / rel).is_file() and safe_join(root, rel) else None

@@ -1,0 +1,110 @@
+"""Segmenter registry: a SegmenterSpec (name + options) in, a ready Segmenter out.
+
+Names resolve in this order:
+1. built-ins: `graph` (weight-free default) and `sam` (segment-anything, needs a checkpoint);
+2. plug-ins registered by installed packages in the entry-point group `unsamflow.segmenters`, e.g. in
+   their pyproject.toml: `[project.entry-points."unsamflow.segmenters"] mysam = "mypkg.seg:build"`;
+3. `module:factory` strings (`mypkg.seg:build`), imported on the spot.
+A factory is called as factory(**spec.options) and must return an object with the Segmenter contract
+(see pipeline.segmenters.base). Built-ins are imported lazily, so `graph` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.errors import BadInputError
+from pipeline.segmenters.base import RECORD_KEYS, Segmenter, SegmenterSpec
+
+__all__ = [
+    "DEFAULT_SEGMENTER",
+    "ENTRY_POINT_GROUP",
+    "RECORD_KEYS",
+    "Segmenter",
+    "SegmenterSpec",
+    "available_segmenters",
+    "build_segmenter",
+]
+
+DEFAULT_SEGMENTER = "graph"
+ENTRY_POINT_GROUP = "unsamflow.segmenters"
+
+
+# Built-ins as "module:factory", like entry points, so that importing this package stays cheap.
+_BUILTINS = {
+    "graph": "pipeline.segmenters.graph:GraphSegmenter",
+    "sam": "pipeline.segmenters.sam:SamSegmenter",
+}
+
+
+def available_segmenters() -> list[str]:
+    """Built-in names first, then installed plug-ins (sorted); `module:factory` is always accepted too."""
+    plugins = sorted(ep.name for ep in _entry_points() if ep.name not in _BUILTINS)
+    return list(_BUILTINS) + plugins
+
+
+def build_segmenter(spec: SegmenterSpec) -> Segmenter:
+    """Build the segmenter `spec` names, with its options. Errors name the segmenter and what is wrong."""
+    factory = _resolve(spec.name)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some C callables have no signature: let the call itself complain
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**spec.options)
+        except TypeError as exc:
+            accepted = [p.name for p in signature.parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
+            raise BadInputError(
+                f"segmenter {spec.name!r}: bad options {sorted(spec.options)} ({exc}); it accepts {accepted}"
+            ) from None
+    segmenter = factory(**spec.options)
+    if not isinstance(segmenter, Segmenter):
+        raise BadInputError(
+            f"segmenter {spec.name!r}: its factory returned {type(segmenter).__name__}, which lacks the "
+            "Segmenter contract (name, version, config(), __call__(image))"
+        )
+    return segmenter
+
+
+def _resolve(name: str) -> Callable[..., Any]:
+    if name in _BUILTINS:
+        return _import_factory(_BUILTINS[name])
+    for ep in _entry_points():
+        if ep.name == name:
+            try:
+                return ep.load()
+            except Exception as exc:
+                raise BadInputError(
+                    f"segmenter {name!r}: cannot load entry point {ep.value!r} "
+                    f"(group {ENTRY_POINT_GROUP}): {exc}"
+                ) from None
+    if ":" in name:
+        return _import_factory(name)
+    raise BadInputError(
+        f"unknown segmenter {name!r}; available: {', '.join(available_segmenters())} "
+        "(or give a 'module:factory' path)"
+    )
+
+
+def _import_factory(path: str) -> Callable[..., Any]:
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BadInputError(f"segmenter {path!r}: cannot import module {module_name!r}: {exc}") from None
+    for part in attr.split("."):
+        if not part or not hasattr(obj, part):
+            raise BadInputError(f"segmenter {path!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise BadInputError(f"segmenter {path!r}: {attr!r} is not callable")
+    return obj
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))

@@ -1,0 +1,206 @@
+"""`graph`: the weight-free default segmenter (a Felzenszwalb region hierarchy, SAM-style records).
+
+It exists so that the whole pipeline (full segmentation, key objects, training with masks) runs on a
+machine with no checkpoint and no GPU. SAM's automatic generator returns overlapping masks at several
+granularities (a whole object, its parts, sub-parts); we imitate that with a strict region hierarchy:
+
+1. work on a copy downscaled (INTER_AREA) so that its longer side is at most `max_side`;
+2. run scikit-image's Felzenszwalb graph segmentation once per value in `scales` (finest first);
+3. snap every coarser level onto the one below it - each finer region joins the coarse segment it
+   overlaps most - so every region is an exact union of regions of the level below (small masks sit
+   inside bigger ones, as SAM's parts sit inside their objects);
+4. upsample the label maps to full resolution (nearest) and emit one record per region, skipping
+   regions smaller than `min_area` full-resolution pixels, regions covering the whole frame, and
+   regions identical to one a level below (kept once, at the finest level).
+
+Record fields are computed exactly on the full-resolution masks, in segment-anything's conventions:
+`bbox` is XYWH with w = x_max - x_min and h = y_max - y_min (inclusive pixel extents, as
+`batched_mask_to_box` + `box_xyxy_to_xywh` give), `crop_box` is the whole frame [0, 0, W, H], and
+`point_coords` is the region pixel farthest from the region boundary (always inside the mask; the
+analogue of SAM's prompt point). The two scores have these meanings:
+
+- `predicted_iou`: IoU between the snapped region and the raw Felzenszwalb segment it came from at its
+  own scale, i.e. how well the region fits the hierarchy (1.0 on the finest level);
+- `stability_score`: IoU between the region and the region containing it one level up (= their area
+  ratio, since they are nested): 1.0 when the region survives the next scale step unchanged, small when
+  it is immediately absorbed into a much larger one (1.0 on the coarsest level).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import felzenszwalb
+
+from pipeline.errors import BadInputError
+
+# Bump when a change of this file changes the masks for the same config.
+ALGORITHM_VERSION = 1
+
+
+class GraphSegmenter:
+    """Weight-free hierarchical segmenter producing SamAutomaticMaskGenerator-style records.
+
+    Arguments:
+      scales: Felzenszwalb `scale` per hierarchy level, strictly increasing (finest level first); larger
+        values give larger regions. Measured on the downscaled working image.
+      sigma: Gaussian pre-smoothing of the working image (Felzenszwalb `sigma`).
+      min_size: smallest Felzenszwalb segment, in working-image pixels.
+      max_side: longer side of the working image; frames larger than this are downscaled first
+        (segmentation cost grows with the pixel count; labels are upsampled back, nearest).
+      min_area: regions smaller than this many full-resolution pixels are not emitted.
+    """
+
+    name = "graph"
+
+    def __init__(
+        self,
+        scales: Sequence[float] | float = (100.0, 300.0, 900.0, 2700.0),
+        sigma: float = 0.8,
+        min_size: int = 20,
+        max_side: int = 384,
+        min_area: int = 1024,
+    ) -> None:
+        if isinstance(scales, (int, float)):  # `-o scales=300` on the command line gives one number
+            scales = [scales]
+        try:
+            scales = [float(s) for s in scales]
+        except (TypeError, ValueError):
+            raise BadInputError(
+                f"graph segmenter: scales must be a list of numbers, got {scales!r}"
+            ) from None
+        if not scales or scales[0] <= 0 or any(b <= a for a, b in zip(scales, scales[1:], strict=False)):
+            raise BadInputError(
+                f"graph segmenter: scales must be positive and strictly increasing, got {scales}"
+            )
+        if sigma < 0:
+            raise BadInputError(f"graph segmenter: sigma must be >= 0, got {sigma}")
+        if min_size < 1:
+            raise BadInputError(f"graph segmenter: min_size must be >= 1, got {min_size}")
+        if max_side < 16:
+            raise BadInputError(f"graph segmenter: max_side must be >= 16, got {max_side}")
+        if min_area < 1:
+            raise BadInputError(f"graph segmenter: min_area must be >= 1, got {min_area}")
+        self.scales = scales
+        self.sigma = float(sigma)
+        self.min_size = int(min_size)
+        self.max_side = int(max_side)
+        self.min_area = int(min_area)
+        self.version = (
+            f"graph/{ALGORITHM_VERSION} scikit-image/{importlib.metadata.version('scikit-image')} "
+            f"opencv/{cv2.__version__}"
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "scales": list(self.scales),
+            "sigma": self.sigma,
+            "min_size": self.min_size,
+            "max_side": self.max_side,
+            "min_area": self.min_area,
+        }
+
+    def __call__(self, image: np.ndarray) -> list[dict[str, Any]]:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise BadInputError(
+                f"graph segmenter: expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}"
+            )
+        H, W = image.shape[:2]
+        small = _downscale(image, self.max_side)
+        h, w = small.shape[:2]
+        # Nearest upsampling by explicit index maps: full-res pixel X reads working pixel X * w // W.
+        rows = np.arange(H) * h // H
+        cols = np.arange(W) * w // W
+
+        levels = self._hierarchy(small)
+        full = [lab[rows][:, cols] for lab, _, _ in levels]
+        # Exact full-resolution areas; every working pixel maps to at least one full-res pixel, so all > 0.
+        areas = [np.bincount(f.ravel(), minlength=len(lv[2])) for f, lv in zip(full, levels, strict=True)]
+
+        records: list[dict[str, Any]] = []
+        for k, (lab, parent, fit_iou) in enumerate(levels):
+            n = len(areas[k])
+            stability = areas[k] / areas[k + 1][parent] if parent is not None else np.ones(n)
+            keep = (areas[k] >= self.min_area) & (areas[k] < H * W)
+            if k > 0:
+                # A region with exactly one child is that child again: emit it once, at the finer level.
+                keep &= np.bincount(levels[k - 1][1], minlength=n) != 1
+            ids = np.flatnonzero(keep)
+            if len(ids) == 0:
+                continue
+            points = _inner_points(lab)
+            boxes = ndimage.find_objects(full[k] + 1)
+            masks = full[k][None] == ids[:, None, None]
+            for mask, r in zip(masks, ids, strict=True):
+                ys, xs = boxes[r]
+                py, px = points[r]
+                records.append(
+                    {
+                        "segmentation": mask,
+                        "area": int(areas[k][r]),
+                        "bbox": [xs.start, ys.start, xs.stop - 1 - xs.start, ys.stop - 1 - ys.start],
+                        "predicted_iou": float(fit_iou[r]),
+                        "stability_score": float(stability[r]),
+                        # First full-res pixel mapping to the working pixel: inside the upsampled mask.
+                        "point_coords": [[float(-(-px * W // w)), float(-(-py * H // h))]],
+                        "crop_box": [0, 0, W, H],
+                    }
+                )
+        return records
+
+    def _hierarchy(self, small: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+        """Per level (finest first): (label map, parent label one level up or None, fit IoU per label)."""
+        out: list[list[Any]] = []
+        below: np.ndarray | None = None
+        for scale in self.scales:
+            raw = felzenszwalb(small, scale=scale, sigma=self.sigma, min_size=self.min_size, channel_axis=-1)
+            if below is None:
+                lab = raw.astype(np.int64)
+                fit = np.ones(int(lab.max()) + 1)
+            else:
+                m, n = int(below.max()) + 1, int(raw.max()) + 1
+                overlap = np.bincount((below * n + raw).ravel(), minlength=m * n).reshape(m, n)
+                # Each region below joins the raw segment it overlaps most (lowest label on ties).
+                target = overlap.argmax(axis=1)
+                used, parent = np.unique(target, return_inverse=True)
+                out[-1][1] = parent
+                lab = parent[below]
+                size_below = overlap.sum(axis=1)
+                inter = np.bincount(parent, weights=overlap[np.arange(m), target], minlength=len(used))
+                snapped = np.bincount(parent, weights=size_below, minlength=len(used))
+                raw_size = overlap.sum(axis=0)[used]
+                fit = inter / (snapped + raw_size - inter)
+            out.append([lab, None, fit])
+            below = lab
+        return [(lab, parent, fit) for lab, parent, fit in out]
+
+
+def _downscale(image: np.ndarray, max_side: int) -> np.ndarray:
+    H, W = image.shape[:2]
+    if max(H, W) <= max_side:
+        return image
+    s = max_side / max(H, W)
+    return cv2.resize(image, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)
+
+
+def _inner_points(labels: np.ndarray) -> np.ndarray:
+    """(row, col) per label of the pixel farthest from its region's boundary (ties: first in raster order)."""
+    edge = np.zeros(labels.shape, bool)
+    dy = labels[1:] != labels[:-1]
+    dx = labels[:, 1:] != labels[:, :-1]
+    edge[1:] |= dy
+    edge[:-1] |= dy
+    edge[:, 1:] |= dx
+    edge[:, :-1] |= dx
+    dist = cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, 3)
+    flat = labels.ravel()
+    # Sort by (label, -distance, raster index); the first entry of each label group is its point.
+    order = np.lexsort((-dist.ravel(), flat))
+    first = np.searchsorted(flat[order], np.arange(int(flat.max()) + 1))
+    best = order[first]
+    return np.stack(np.unravel_index(best, labels.shape), axis=1)

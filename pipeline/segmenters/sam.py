@@ -1,0 +1,267 @@
+"""`sam`: segment-anything's automatic mask generator from a user-given checkpoint.
+
+Model types are segment-anything's `vit_h`, `vit_l` and `vit_b`, plus `vit_tiny`: a tiny randomly
+initialised SAM built from the same modeling classes (ViT encoder of depth 2 and width 64, the standard
+256-d prompt encoder, a mask decoder with a depth-1 two-way transformer). Its masks are meaningless; it
+exists to smoke-test GPU, cluster and store setups end to end without a 2.5 GB download
+(`write_tiny_sam_checkpoint`).
+
+Checkpoints are loaded with `torch.load(weights_only=True)` (no code runs) and checked key by key and
+shape by shape against the chosen model type before any real model is built, so a wrong file or a wrong
+`model_type` fails with a message that says which model type the file does fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from pipeline.errors import BadInputError
+
+# Bump when a change of this file changes the records for the same config.
+WRAPPER_VERSION = 1
+
+
+def _build_vit_tiny() -> Sam:
+    """Same composition as segment-anything's `_build_sam`, with a tiny encoder and a depth-1 decoder."""
+    prompt_embed_dim, image_size, patch_size = 256, 1024, 16
+    embedding_size = image_size // patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=2,
+            embed_dim=64,
+            img_size=image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(1,),
+            window_size=14,
+            out_chans=prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=prompt_embed_dim,
+            image_embedding_size=(embedding_size, embedding_size),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=prompt_embed_dim, mlp_dim=2048, num_heads=8),
+            transformer_dim=prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+# Model type -> constructor of the randomly initialised architecture (weights come from the checkpoint).
+SAM_MODEL_TYPES = {
+    "vit_h": sam_model_registry["vit_h"],
+    "vit_l": sam_model_registry["vit_l"],
+    "vit_b": sam_model_registry["vit_b"],
+    "vit_tiny": _build_vit_tiny,
+}
+
+
+_TYPES = ", ".join(SAM_MODEL_TYPES)
+
+
+def build_sam_model(model_type: str) -> Sam:
+    """The architecture of `model_type`, randomly initialised, in eval mode."""
+    if model_type not in SAM_MODEL_TYPES:
+        raise BadInputError(f"sam: unknown model_type {model_type!r}; choose one of {_TYPES}")
+    return SAM_MODEL_TYPES[model_type]().eval()
+
+
+def write_tiny_sam_checkpoint(path: str | Path, seed: int = 0) -> Path:
+    """Save the state_dict of a randomly initialised `vit_tiny` SAM (deterministic in `seed`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_sam_model("vit_tiny")
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def load_sam_state_dict(path: str | Path, model_type: str) -> dict[str, torch.Tensor]:
+    """Load a checkpoint without executing code and check it fits `model_type`; BadInputError if not."""
+    path = Path(path)
+    if model_type not in SAM_MODEL_TYPES:
+        raise BadInputError(f"sam: unknown model_type {model_type!r}; choose one of {_TYPES}")
+    if not path.is_file():
+        raise BadInputError(f"sam checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for foreign files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInputError(
+            f"sam checkpoint {path}: not loadable as a {model_type} checkpoint with "
+            f"torch.load(weights_only=True): {msg}"
+        ) from None
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise BadInputError(
+            f"sam checkpoint {path}: not a {model_type} checkpoint (expected a state_dict, a non-empty "
+            f"dict of tensors; got {type(state).__name__})"
+        )
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    problem = _mismatch(shapes, _expected_shapes(model_type))
+    if problem:
+        fits = [t for t in SAM_MODEL_TYPES if t != model_type and not _mismatch(shapes, _expected_shapes(t))]
+        hint = f"it is a {fits[0]} checkpoint" if fits else f"it matches none of {sorted(SAM_MODEL_TYPES)}"
+        raise BadInputError(f"sam checkpoint {path}: not a {model_type} checkpoint ({problem}); {hint}")
+    return state
+
+
+class SamSegmenter:
+    """segment-anything's SamAutomaticMaskGenerator behind the Segmenter contract.
+
+    Arguments:
+      checkpoint: path to a SAM state_dict (e.g. sam_vit_h_4b8939.pth, or one made by
+        `write_tiny_sam_checkpoint` for `vit_tiny`).
+      model_type: one of vit_h, vit_l, vit_b, vit_tiny; must match the checkpoint.
+      device: "auto" (cuda if available, else cpu) or a torch device string such as "cuda:1".
+      points_per_side ... min_mask_region_area: SamAutomaticMaskGenerator's options, with its defaults
+        (see its docstring); output_mode is always "binary_mask".
+    The model is built and loaded once here; each call runs the generator under torch.inference_mode.
+    Masks with no pixel (possible only with thresholds lowered to 0) are not returned.
+    """
+
+    name = "sam"
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        model_type: str = "vit_h",
+        device: str = "auto",
+        points_per_side: int = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        min_mask_region_area: int = 0,
+    ) -> None:
+        if points_per_side < 1 or points_per_batch < 1:
+            raise BadInputError(
+                f"sam: points_per_side and points_per_batch must be >= 1, got {points_per_side}, "
+                f"{points_per_batch}"
+            )
+        self.checkpoint = Path(checkpoint)
+        self.model_type = model_type
+        self.device = _resolve_device(device)
+        self.options: dict[str, Any] = {
+            "points_per_side": int(points_per_side),
+            "points_per_batch": int(points_per_batch),
+            "pred_iou_thresh": float(pred_iou_thresh),
+            "stability_score_thresh": float(stability_score_thresh),
+            "stability_score_offset": float(stability_score_offset),
+            "box_nms_thresh": float(box_nms_thresh),
+            "crop_n_layers": int(crop_n_layers),
+            "crop_nms_thresh": float(crop_nms_thresh),
+            "crop_overlap_ratio": float(crop_overlap_ratio),
+            "crop_n_points_downscale_factor": int(crop_n_points_downscale_factor),
+            "min_mask_region_area": int(min_mask_region_area),
+        }
+        state = load_sam_state_dict(self.checkpoint, model_type)
+        self.checkpoint_sha256 = _file_sha256(self.checkpoint)
+        model = build_sam_model(model_type)
+        model.load_state_dict(state)
+        del state
+        self.model = model.to(self.device).eval()
+        self.generator = SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **self.options)
+        self.version = (
+            f"sam/{WRAPPER_VERSION} segment-anything/{importlib.metadata.version('segment-anything')} "
+            f"torch/{torch.__version__}"
+        )
+
+    def config(self) -> dict[str, Any]:
+        # The device is left out on purpose: workers on different GPUs must write the same config.
+        return {
+            "model_type": self.model_type,
+            "checkpoint": self.checkpoint.name,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            **self.options,
+            "output_mode": "binary_mask",
+        }
+
+    def __call__(self, image: np.ndarray) -> list[dict[str, Any]]:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise BadInputError(
+                f"sam segmenter: expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}"
+            )
+        with torch.inference_mode():
+            raw = self.generator.generate(image)
+        return [
+            {
+                "segmentation": np.asarray(r["segmentation"], dtype=bool),
+                "area": int(r["area"]),
+                "bbox": [int(v) for v in r["bbox"]],
+                "predicted_iou": float(r["predicted_iou"]),
+                "stability_score": float(r["stability_score"]),
+                "point_coords": [[float(v) for v in p] for p in r["point_coords"]],
+                "crop_box": [int(v) for v in r["crop_box"]],
+            }
+            for r in raw
+            if int(r["area"]) > 0
+        ]
+
+
+def _expected_shapes(model_type: str) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of `model_type`, from a model built on the meta device (no memory, ~0.1 s)."""
+    with torch.device("meta"):
+        model = SAM_MODEL_TYPES[model_type]()
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _mismatch(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> str:
+    """'' when the key sets and shapes agree, else a short description of the first differences."""
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    wrong = [k for k in want if k in got and got[k] != want[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys, e.g. {missing[0]!r}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} keys with other shapes, e.g. {k!r} is {got[k]}, expected {want[k]}")
+    return "; ".join(parts)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise BadInputError(f"sam: bad device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"sam: device {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,282 @@
+"""Layout scanners on the real samples in shared/data, on tmp trees, and the `manifest` command."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.errors import BadInputError
+from pipeline.layouts import LAYOUTS, check_expected, natural_key, scan
+from pipeline.layouts.expected import COUNT_FIELDS, DATA_MANIFESTS, ENTRY_FIELDS
+from pipeline.manifest import Manifest
+
+
+def touch(root: Path, *rels: str) -> None:
+    for rel in rels:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+
+
+def assert_consistent(m: Manifest) -> None:
+    """Every id exists inside the root, pairs join frames of one sequence, GT paths exist."""
+    root = Path(m.root)
+    seq_of = {f.id: f.sequence for f in m.frames}
+    assert len(seq_of) == len(m.frames)
+    for f in m.frames:
+        assert m.path(f.id).is_file()
+    for p in m.pairs:
+        assert seq_of[p.frame1] == seq_of[p.frame2]
+        for gt in (p.flow, p.occlusion, p.invalid):
+            assert gt is None or (root / gt).is_file()
+
+
+# -- real samples ------------------------------------------------------------------------------
+
+
+def test_sintel_sample_counts_and_ground_truth(shared_data):
+    m = scan("sintel", shared_data / "sintel")
+    assert_consistent(m)
+    assert m.layout == "sintel" and m.root == str((shared_data / "sintel").resolve())
+    assert m.meta["options"] == {"split": "training", "passes": ["clean", "final"]}
+    assert m.meta["counts"] == {"frames": 18, "sequences": 8, "pairs": 10, "pairs_with_gt": 8}
+    seqs = m.sequences()
+    assert list(seqs) == [
+        "training/clean/alley_1", "training/clean/cave_2", "training/clean/market_5",
+        "training/final/alley_1", "training/final/bandage_1", "training/final/cave_2",
+        "training/final/market_5", "training/final/temple_3",
+    ]  # fmt: skip
+    assert [f.id for f in seqs["training/clean/alley_1"]] == [
+        f"training/clean/alley_1/frame_000{i}.png" for i in (1, 2, 3)
+    ]
+    by_first = {p.frame1: p for p in m.pairs}
+    assert by_first["training/clean/alley_1/frame_0001.png"].flow is None  # no GT shipped for 1 -> 2
+    temple = by_first["training/final/temple_3/frame_0022.png"]
+    assert temple.frame2 == "training/final/temple_3/frame_0023.png"
+    assert temple.flow == "training/flow/temple_3/frame_0022.flo"
+    assert temple.occlusion == "training/occlusions/temple_3/frame_0022.png"
+    assert temple.invalid == "training/invalid/temple_3/frame_0022.png"
+    assert scan("sintel", shared_data / "sintel").to_dict() == m.to_dict()  # deterministic
+
+
+def test_sintel_pass_and_split_options(shared_data):
+    final = scan("sintel", shared_data / "sintel", passes="final")
+    assert final.meta["counts"] == {"frames": 11, "sequences": 5, "pairs": 6, "pairs_with_gt": 5}
+    clean = scan("sintel", shared_data / "sintel", passes=["clean"])
+    assert all(f.id.startswith("training/clean/") for f in clean.frames) and len(clean.frames) == 7
+    with pytest.raises(BadInputError, match="no sintel frames found.*missing: test"):
+        scan("sintel", shared_data / "sintel", split="test")
+    with pytest.raises(BadInputError, match="'passes' got 'clear'; choose from clean, final, albedo"):
+        scan("sintel", shared_data / "sintel", passes="clear")
+    with pytest.raises(BadInputError, match="has no option 'gray'"):
+        scan("sintel", shared_data / "sintel", gray=True)
+
+
+def test_kitti2015_sample(shared_data):
+    m = scan("kitti2015", shared_data / "kitti2015")
+    assert_consistent(m)
+    assert m.frame_ids == ["training/image_2/000000_10.png", "training/image_2/000000_11.png"]
+    assert m.frames[0].sequence == "training/image_2/000000"
+    (pair,) = m.pairs
+    assert (pair.flow, pair.occ_kind) == ("training/flow_noc/000000_10.png", "flow_noc")
+
+
+def test_kitti2012_sample_colour_and_gray(shared_data):
+    m = scan("kitti2012", shared_data / "kitti2012")
+    assert_consistent(m)
+    assert m.meta["counts"] == {"frames": 4, "sequences": 2, "pairs": 2, "pairs_with_gt": 2}
+    assert [p.flow for p in m.pairs] == ["training/flow_noc/000045_10.png", "training/flow_noc/000157_10.png"]
+    gray = scan("kitti2012", shared_data / "kitti2012", gray=True)
+    assert gray.frame_ids == ["training/image_0/000045_10.png", "training/image_0/000045_11.png"]
+    assert gray.pairs[0].occ_kind == "flow_noc"
+
+
+def test_middlebury_sample_and_expected_counts(shared_data):
+    gray = scan("middlebury", shared_data / "middlebury", gray=True)
+    assert_consistent(gray)
+    assert gray.meta["counts"] == {"frames": 16, "sequences": 8, "pairs": 8, "pairs_with_gt": 8}
+    assert gray.pairs[0].flow == "other-gt-flow/Dimetrodon/flow10.flo"
+    assert check_expected(gray) == []  # all 8 GT sequences are shipped in gray
+    colour = scan("middlebury", shared_data / "middlebury")
+    assert [s.split("/")[1] for s in colour.sequences()] == ["Dimetrodon", "RubberWhale", "Venus"]
+    (line,) = check_expected(colour)
+    assert line.startswith("middlebury other-data: expected 8 pairs with ground truth, found 3")
+    assert "missing sequences: Grove2, Grove3, Hydrangea, Urban2, Urban3" in line
+
+
+def test_folder_scan_of_real_videos(shared_data):
+    m = scan("folder", shared_data / "video")
+    assert_consistent(m)
+    assert list(m.sequences()) == ["davis_flow_demo", "judo"]
+    assert [f.id for f in m.sequences()["judo"]] == [f"judo/{i:05d}.jpg" for i in range(10)]
+    assert len(m.pairs) == 2 + 9 and m.pairs[2].frame1 == "judo/00000.jpg"
+    assert check_expected(m) == []  # nothing is known about plain folders
+
+
+def test_sintel_sample_mismatch_report(shared_data):
+    lines = check_expected(scan("sintel", shared_data / "sintel"))
+    assert len(lines) == 2
+    clean, final = lines
+    assert clean.startswith(
+        "sintel training/clean: expected 1064 frames in 23 sequences, found 7 frames in 3 sequences; "
+        "expected 1041 pairs, found 4; expected 1041 pairs with ground truth, found 3; "
+        "missing sequences: alley_2,"
+    )
+    assert "alley_1 3/50" in clean and "bandage_1" in clean  # bandage_1 exists only in final
+    assert final.startswith("sintel training/final: expected 1064 frames in 23 sequences, found 11 frames")
+
+
+# -- tmp trees ---------------------------------------------------------------------------------
+
+
+def test_folder_natural_order_hidden_and_nested(tmp_path):
+    touch(tmp_path, "b/frame10.png", "b/frame2.PNG", "b/frame1.jpg", "b/notes.txt", "b/.hidden.png")
+    touch(tmp_path, "a/x/img_9.webp", "a/x/img_11.tif", ".cache/frame0.png", "top.bmp")
+    m = scan("folder", tmp_path)
+    assert m.frame_ids == [
+        "top.bmp", "a/x/img_9.webp", "a/x/img_11.tif", "b/frame1.jpg", "b/frame2.PNG", "b/frame10.png",
+    ]  # fmt: skip
+    assert [f.sequence for f in m.frames] == [".", "a/x", "a/x", "b", "b", "b"]
+    assert [(p.frame1, p.frame2) for p in m.pairs] == [
+        ("a/x/img_9.webp", "a/x/img_11.tif"),
+        ("b/frame1.jpg", "b/frame2.PNG"),
+        ("b/frame2.PNG", "b/frame10.png"),
+    ]
+    assert m.meta["ignored"] == {"count": 1, "examples": ["b/notes.txt"]}
+    assert sorted(["frame10", "frame2", "Frame3"], key=natural_key) == ["frame2", "Frame3", "frame10"]
+
+
+def test_symlink_escaping_root_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    touch(outside, "secret.png")
+    root = tmp_path / "root"
+    touch(root, "seq/frame1.png")
+    (root / "seq" / "frame2.png").symlink_to(root / "seq" / "frame1.png")  # inside: allowed
+    assert scan("folder", root).frame_ids == ["seq/frame1.png", "seq/frame2.png"]
+    (root / "seq" / "frame3.png").symlink_to(outside / "secret.png")
+    with pytest.raises(BadInputError, match="seq/frame3.png.*outside the dataset root"):
+        scan("folder", root)
+    (root / "seq" / "frame3.png").unlink()
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(BadInputError, match="'linked'.*outside the dataset root"):
+        scan("folder", root)
+
+
+def test_numbered_layouts_do_not_pair_across_gaps(tmp_path):
+    touch(tmp_path, *(f"training/clean/s/frame_000{i}.png" for i in (1, 2, 4, 5)))
+    touch(tmp_path, "training/flow/s/frame_0002.flo", "training/flow/s/frame_0004.flo")
+    m = scan("sintel", tmp_path, passes="clean")
+    assert [(p.frame1[-8:-4], p.frame2[-8:-4], p.flow) for p in m.pairs] == [
+        ("0001", "0002", None),
+        ("0004", "0005", "training/flow/s/frame_0004.flo"),
+    ]
+
+
+def test_kitti_prefers_flow_occ_and_multiview(tmp_path):
+    touch(tmp_path, *(f"training/image_2/000007_{i:02d}.png" for i in (9, 10, 11, 12)))
+    touch(tmp_path, "training/flow_noc/000007_10.png", "training/flow_occ/000007_10.png")
+    touch(tmp_path, "training/image_2/README.txt")
+    m = scan("kitti2015", tmp_path)
+    assert m.frame_ids == ["training/image_2/000007_10.png", "training/image_2/000007_11.png"]
+    assert (m.pairs[0].flow, m.pairs[0].occ_kind) == ("training/flow_occ/000007_10.png", "flow_occ")
+    mv = scan("kitti2015", tmp_path, multiview=True)
+    assert len(mv.frames) == 4 and {f.sequence for f in mv.frames} == {"training/image_2/000007"}
+    assert [(p.frame1[-6:-4], p.frame2[-6:-4], p.occ_kind) for p in mv.pairs] == [
+        ("09", "10", None),
+        ("10", "11", "flow_occ"),
+        ("11", "12", None),
+    ]
+    assert mv.meta["ignored"]["examples"] == ["training/image_2/README.txt"]
+
+
+def test_complete_trees_match_data_manifests(tmp_path):
+    """Trees with the documented counts pass check_expected; one missing frame is reported."""
+    sintel = yaml.safe_load((DATA_MANIFESTS / "sintel.yaml").read_text())["expected"][0]["sequence_frames"]
+    root = tmp_path / "sintel"
+    for seq, n in sintel.items():
+        for i in range(1, n + 1):
+            touch(root, f"training/final/{seq}/frame_{i:04d}.png")
+            if i < n:
+                touch(root, f"training/flow/{seq}/frame_{i:04d}.flo")
+    m = scan("sintel", root, passes="final")
+    assert m.meta["counts"] == {"frames": 1064, "sequences": 23, "pairs": 1041, "pairs_with_gt": 1041}
+    assert check_expected(m) == []
+    (root / "training/final/ambush_6/frame_0020.png").unlink()
+    (line,) = check_expected(scan("sintel", root, passes="final"))
+    assert line.startswith("sintel training/final: expected 1064 frames in 23 sequences, found 1063 frames")
+    assert line.endswith("sequences with other frame counts (found/expected): ambush_6 19/20")
+
+    kitti = tmp_path / "kitti"
+    for s in range(200):
+        touch(kitti, f"training/image_2/{s:06d}_10.png", f"training/image_2/{s:06d}_11.png")
+        touch(kitti, f"training/flow_occ/{s:06d}_10.png")
+    assert check_expected(scan("kitti2015", kitti)) == []
+    assert check_expected(scan("kitti2015", kitti, multiview=True)) == []
+
+
+def test_data_manifests_are_well_formed():
+    for name in ("sintel", "kitti2015", "kitti2012", "middlebury"):
+        data = yaml.safe_load((DATA_MANIFESTS / f"{name}.yaml").read_text())
+        assert data["layout"] == name and name in LAYOUTS and data["tree"]
+        for entry in data["expected"]:
+            assert set(entry) <= ENTRY_FIELDS and entry["groups"] and set(COUNT_FIELDS) & set(entry)
+            seq_frames = entry.get("sequence_frames")
+            if seq_frames:
+                assert len(seq_frames) == entry["sequences"] and sum(seq_frames.values()) == entry["frames"]
+            if "frames" in entry and "pairs" in entry:  # every sequence loses one pair to its last frame
+                assert entry["pairs"] == entry["frames"] - entry["sequences"]
+
+
+def test_scan_errors_name_the_problem(tmp_path):
+    with pytest.raises(BadInputError, match="unknown layout 'sintle'; known layouts: sintel, kitti2015"):
+        scan("sintle", tmp_path)
+    with pytest.raises(BadInputError, match=f"dataset root {tmp_path / 'nope'} does not exist"):
+        scan("folder", tmp_path / "nope")
+    with pytest.raises(BadInputError, match="no folder frames found"):
+        scan("folder", tmp_path)
+    with pytest.raises(BadInputError, match="'multiview' must be true or false"):
+        scan("kitti2015", tmp_path, multiview="yes")
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def test_manifest_command_mismatch_partial_and_idempotent(shared_data, tmp_path):
+    out = tmp_path / "m.json"
+    args = ["manifest", "--layout", "sintel", "--root", str(shared_data / "sintel"), "--out", str(out)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and not out.exists()
+    assert "18 frames in 8 sequences, 10 pairs (8 with ground truth)" in r.output
+    assert "count mismatch: sintel training/clean: expected 1064 frames in 23 sequences" in r.output
+    assert "not written. Pass --allow-partial" in r.output
+
+    r = CliRunner().invoke(main, [*args, "--allow-partial"])
+    assert r.exit_code == 0, r.output
+    assert f"{out}: written" in r.output and "warning:" in r.output
+    written = Manifest.load(out)
+    assert written.to_dict() == scan("sintel", shared_data / "sintel").to_dict()
+    os.utime(out, ns=(0, 0))
+    r = CliRunner().invoke(main, [*args, "--allow-partial"])
+    assert r.exit_code == 0 and f"{out}: up to date" in r.output
+    assert out.stat().st_mtime_ns == 0  # untouched
+
+    r = CliRunner().invoke(main, [*args, "--allow-partial", "--pass", "final"])
+    assert r.exit_code == 0 and f"{out}: updated" in r.output
+    assert json.loads(out.read_text())["meta"]["options"]["passes"] == ["final"]
+
+
+def test_manifest_command_complete_dataset_and_bad_option(shared_data, tmp_path):
+    out = tmp_path / "mb.json"
+    root = str(shared_data / "middlebury")
+    args = ["manifest", "--layout", "middlebury", "--root", root]
+    r = CliRunner().invoke(main, [*args, "--gray", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(Manifest.load(out).pairs) == 8
+    r = CliRunner().invoke(main, [*args, "--split", "training", "--out", str(tmp_path / "x.json")])
+    assert r.exit_code == 2 and "layout 'middlebury' has no option 'split'" in r.output

@@ -1,0 +1,119 @@
+"""Homography smoothness (+hg, method.md section 3): flow inside occluded objects should be a homography.
+
+For each image, the full_seg regions (label 0 excluded) with the most occluded pixels are fitted
+with a homography by RANSAC on their visible correspondences (x, x + flow(x)); the L1 distance
+between H(x) and x + flow(x) over all the region's pixels, divided by H*W, is the loss. All
+regions of all images are fitted at once (trainer.homography_fit); the fit is a constant.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.homography_fit import fit_homographies
+from trainer.warp import mesh_grid
+
+# RANSAC reprojection thresholds (px) of the reference configurations.
+RANSAC_THRESH = {"sintel": 3.0, "kitti": 0.5}
+
+
+def select_regions(
+    seg: torch.Tensor, occ: torch.Tensor, num_regions: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The num_regions labels (> 0) per image with the most occluded pixels (ties: larger region).
+
+    seg: (B, N) int64 labels in [0, N) (others are ignored, like label 0); occ: (B, N) bool.
+    Returns slot (B, N) in [0, num_regions] (num_regions = not selected), valid (B, num_regions)
+    and area (B, num_regions) of each selected region.
+    """
+    b, n = seg.shape
+    inrange = (seg >= 0) & (seg < n)
+    lab = torch.where(inrange, seg, torch.zeros_like(seg))
+    f64 = torch.float64
+    area = torch.zeros(b, n, dtype=f64, device=seg.device).scatter_add_(1, lab, inrange.to(f64))
+    nocc = torch.zeros(b, n, dtype=f64, device=seg.device).scatter_add_(1, lab, (occ & inrange).to(f64))
+    score = nocc + area / (n + 1.0)  # area < n + 1: only breaks ties between equal occluded counts
+    score[:, 0] = -1.0
+    score = torch.where(area > 0, score, torch.full_like(score, -1.0))
+    k = min(num_regions, n)
+    top, labels = score.topk(k, dim=1)
+    valid = top >= 0
+    table = torch.full((b, n), num_regions, dtype=torch.int64, device=seg.device)
+    slots = torch.arange(k, device=seg.device).expand(b, k)
+    table.scatter_(1, labels, torch.where(valid, slots, torch.full_like(slots, num_regions)))
+    slot = torch.where(inrange, table.gather(1, lab), torch.full_like(lab, num_regions))
+    if k < num_regions:  # fewer pixels than regions asked for: pad so callers see num_regions slots
+        pad = num_regions - k
+        valid = torch.cat((valid, valid.new_zeros(b, pad)), 1)
+        top = torch.cat((top, top.new_zeros(b, pad)), 1)
+        labels = torch.cat((labels, labels.new_zeros(b, pad)), 1)
+    sel_area = area.gather(1, labels) * valid
+    return slot, valid, sel_area
+
+
+def homography_loss(
+    flow: torch.Tensor,
+    full_seg: torch.Tensor,
+    occ: torch.Tensor,
+    *,
+    ransac_thresh: float = RANSAC_THRESH["sintel"],
+    num_regions: int = 6,
+    min_visible: int = 4,
+    min_visible_frac: float = 0.2,
+    min_inlier_rate: float = 0.5,
+    num_hypotheses: int = 128,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Homography smoothness of one flow direction, averaged over the batch.
+
+    flow: (B, 2, H, W); full_seg: (B, 1, H, W) or (B, H, W) integer labels in [0, H*W) (the
+    consecutive labels of a full segmentation; other values count as unlabelled); occ: same size,
+    nonzero = occluded. A region is used only with >= min_visible and >= min_visible_frac of its
+    pixels visible and an inlier rate >= min_inlier_rate. No host-device synchronisation on GPU.
+    """
+    b, _, h, w = flow.shape
+    if full_seg.numel() != b * h * w or occ.numel() != b * h * w:
+        raise ValueError(
+            f"homography_loss: flow is {b}x2x{h}x{w} but full_seg has shape {tuple(full_seg.shape)} "
+            f"and occ {tuple(occ.shape)}"
+        )
+    seg = full_seg.reshape(b, -1).long()
+    occb = occ.reshape(b, -1) != 0
+    slot, valid, area = select_regions(seg, occb, num_regions)
+    group = (slot + num_regions * torch.arange(b, device=flow.device)[:, None]).reshape(-1)
+    group = torch.where(slot.reshape(-1) < num_regions, group, torch.full_like(group, b * num_regions))
+    src = mesh_grid(1, h, w, flow.device, flow.dtype).reshape(2, -1).t().repeat(b, 1)  # (B*N, 2)
+    target = src + flow.permute(0, 2, 3, 1).reshape(-1, 2)  # x + flow(x): carries the gradient
+    visible = ~occb.reshape(-1)
+    if flow.device.type == "cpu":
+        # Only pixels of selected regions matter. Dropping the others is a host-side index on CPU;
+        # on GPU it would need a sync for the count, so there all pixels go through (group = none).
+        keep = torch.nonzero(group < b * num_regions).squeeze(1)
+        group, src, target, visible = group[keep], src[keep], target[keep], visible[keep]
+    fit = fit_homographies(
+        src, target.detach(), group, visible, b * num_regions,
+        thresh=ransac_thresh, num_hypotheses=num_hypotheses, generator=generator,
+    )
+    nvis = fit.num_visible.to(area.dtype)
+    area = area.reshape(-1)
+    use = (
+        valid.reshape(-1) & fit.ok & (nvis >= min_visible) & (nvis >= min_visible_frac * area)
+        & (fit.inlier_rate >= min_inlier_rate)
+    )
+    used = torch.cat((use, use.new_zeros(1))).index_select(0, group)
+    per_point = (fit.projected.to(flow.dtype) - target).abs().sum(1)
+    # mean over the batch of (sum over the image's used region pixels) / (H*W)
+    return (per_point * used).sum() / (b * h * w)
+
+
+def homography_loss_fwbw(
+    flow12: torch.Tensor,
+    flow21: torch.Tensor,
+    seg1: torch.Tensor,
+    seg2: torch.Tensor,
+    occ1: torch.Tensor,
+    occ2: torch.Tensor,
+    **kwargs,
+) -> torch.Tensor:
+    """Mean of the forward (frame-1 regions) and backward (frame-2 regions) homography losses."""
+    return (homography_loss(flow12, seg1, occ1, **kwargs) + homography_loss(flow21, seg2, occ2, **kwargs)) / 2
