@@ -37,6 +37,8 @@ from pipeline.commands.run import run  # noqa: E402, I001
 main.add_command(run)
 from pipeline.commands.segment import segment  # noqa: E402, I001
 main.add_command(segment)
+from pipeline.commands.segmenters import segmenters  # noqa: E402, I001
+main.add_command(segmenters)
 from pipeline.commands.shard import shard  # noqa: E402, I001
 main.add_command(shard)
 from pipeline.commands.show import show  # noqa: E402, I001

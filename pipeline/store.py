@@ -7,8 +7,8 @@ per-row offsets, so one frame is one slice of each dataset:
     frames/  id, image_shape (n,2), sha256, mask_start, mask_count          one row per good frame
     masks/   area, bbox (m,4) XYWH, predicted_iou, stability_score,
              point_coords (m,2), crop_box (m,4) XYWH,                       one row per mask
-             box (m,4) y x h w + bits_start: where its bitmap lies in bits  (see mask_codec)
-    masks/bits                                                               packed bitmaps, flat uint8
+             box (m,4) y x h w, run_start, run_count: its run lengths in runs (see mask_codec)
+    masks/runs                                                               run lengths, flat uint32
     derived/ seg_start, seg_itemsize, key_start, key_count                  one row per good frame
     derived/full_seg (flat bytes, per-frame smallest uint), derived/key_objects (flat int64)
     bad/     id, reason                                                      frames that could not be used
@@ -35,7 +35,7 @@ from pipeline.errors import StoreError
 
 FORMAT_NAME = "unsamflow-masks"
 FORMAT_VERSION = 1
-BYTES_CHUNK = 1 << 16  # flat byte datasets: a frame spans a few chunks, its neighbours share at most two
+BYTES_CHUNK = 1 << 16  # bulk datasets: a frame spans a few chunks, its neighbours share at most two
 ROWS_CHUNK = 1024  # per-mask / per-frame metadata
 _GZIP: dict[str, Any] = {"compression": "gzip", "compression_opts": 4}
 _STR = h5py.string_dtype()
@@ -57,8 +57,9 @@ _MASK_FIELDS = {
     "masks/point_coords": (np.float64, (2,), ROWS_CHUNK),
     "masks/crop_box": (np.int32, (4,), ROWS_CHUNK),
     "masks/box": (np.int32, (4,), ROWS_CHUNK),
-    "masks/bits_start": (np.int64, (), ROWS_CHUNK),
-    "masks/bits": (np.uint8, (), BYTES_CHUNK),
+    "masks/run_start": (np.int64, (), ROWS_CHUNK),
+    "masks/run_count": (np.int32, (), ROWS_CHUNK),
+    "masks/runs": (mask_codec.RUN_DTYPE, (), BYTES_CHUNK // 4),
 }
 _DERIVED_FIELDS = {
     "derived/seg_start": (np.int64, (), ROWS_CHUNK),
@@ -248,18 +249,20 @@ class StoreWriter:
         app = self._app
         n = len(records)
         cols: dict[str, list] = {k: [] for k in ("area", "bbox", "predicted_iou", "stability_score",
-                                                 "point_coords", "crop_box", "box", "bits_start")}
-        bits_pos = app.sizes["masks/bits"]
-        bits = []
+                                                 "point_coords", "crop_box", "box", "run_start",
+                                                 "run_count")}
+        run_pos = app.sizes["masks/runs"]
+        runs = []
         for i, rec in enumerate(records):
             seg = np.asarray(rec["segmentation"], bool)
             if seg.shape != shape:
                 raise StoreError(f"frame {frame_id!r}, mask {i}: shape {seg.shape} != image shape {shape}")
-            box, packed = mask_codec.encode_mask(seg)
+            box, mask_runs = mask_codec.encode_mask(seg)
             cols["box"].append(box)
-            cols["bits_start"].append(bits_pos)
-            bits.append(packed)
-            bits_pos += packed.size
+            cols["run_start"].append(run_pos)
+            cols["run_count"].append(mask_runs.size)
+            runs.append(mask_runs)
+            run_pos += mask_runs.size
             cols["area"].append(int(rec["area"]))
             cols["bbox"].append(_integral(rec["bbox"], "bbox", frame_id, i))
             cols["crop_box"].append(_integral(rec["crop_box"], "crop_box", frame_id, i))
@@ -277,7 +280,7 @@ class StoreWriter:
         app.add("frames/mask_count", n)
         for k, v in cols.items():
             app.add(f"masks/{k}", v)
-        app.add("masks/bits", np.concatenate(bits) if bits else np.zeros(0, np.uint8))
+        app.add("masks/runs", np.concatenate(runs) if runs else np.zeros(0, mask_codec.RUN_DTYPE))
         _add_derived(app, full_seg, key)
         self._ids.add(frame_id)
 
@@ -488,20 +491,20 @@ class MaskStore:
         r = self._row_of(key)
         start, n = int(self._mstart[r]), int(self._mcount[r])
         boxes = self._slice("masks/box", start, n)
-        starts = self._slice("masks/bits_start", start, n)
+        starts = self._slice("masks/run_start", start, n)
+        counts = self._slice("masks/run_count", start, n)
         if indices is not None:
             idx = np.asarray(indices, np.int64).reshape(-1)
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 raise StoreError(
                     f"{self.path}: frame {self._ids[r]!r} has {n} masks, asked for {idx.tolist()}"
                 )
-            boxes, starts = boxes[idx], starts[idx]
+            boxes, starts, counts = boxes[idx], starts[idx], counts[idx]
         if len(boxes) == 0:
             return np.zeros((0, *self.image_shape(r)), bool)
-        ends = starts + [mask_codec.packed_nbytes(int(b[2]), int(b[3])) for b in boxes]
-        lo, hi = int(starts.min()), int(ends.max())
-        payload = self._slice("masks/bits", lo, hi - lo)
-        return mask_codec.decode_masks(self.image_shape(r), boxes, payload, starts - lo)
+        lo, hi = int(starts.min()), int((starts + counts).max())
+        runs = self._slice("masks/runs", lo, hi - lo)
+        return mask_codec.decode_masks(self.image_shape(r), boxes, runs, starts - lo, counts)
 
     def read(self, key: str | int) -> FrameMasks:
         """Everything about one frame (by id or row); touches only that frame's slices."""

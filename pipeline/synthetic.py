@@ -347,6 +347,32 @@ def _vec(rng: np.random.Generator, max_len: float) -> np.ndarray:
     return np.array([r * math.cos(ang), r * math.sin(ang)])
 
 
+def instance_records(instances: np.ndarray) -> list[dict]:
+    """The true segmentation as segment-anything automatic-mask-generator records (a perfect "SAM").
+
+    One record per instance id present (background included), in the record format of
+    pipeline.segmenters.base.RECORD_KEYS: bbox is SAM's XYWH with inclusive max corner, the prompt
+    point is the mask pixel farthest from its border, and scores are 1.
+    """
+    h, w = instances.shape
+    records = []
+    for i in np.unique(instances):
+        mask = instances == i
+        ys, xs = np.nonzero(mask)
+        dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
+        py, px = np.unravel_index(int(dist.argmax()), dist.shape)
+        records.append({
+            "segmentation": mask,
+            "area": int(mask.sum()),
+            "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())],
+            "predicted_iou": 1.0,
+            "stability_score": 1.0,
+            "point_coords": [[float(px), float(py)]],
+            "crop_box": [0, 0, w, h],
+        })  # fmt: skip
+    return records
+
+
 # -- writing a data set ----------------------------------------------------------------------------------
 def sequence_name(index: int) -> str:
     return f"seq_{index:03d}"

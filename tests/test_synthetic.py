@@ -13,7 +13,17 @@ from pipeline.cli import main
 from pipeline.flow_datasets import open_dataset
 from pipeline.layouts import scan
 from pipeline.manifest import Manifest
-from pipeline.synthetic import Layer, Motion, Scene, SceneConfig, config_for, make_scene, make_texture
+from pipeline.segmenters.base import RECORD_KEYS
+from pipeline.synthetic import (
+    Layer,
+    Motion,
+    Scene,
+    SceneConfig,
+    config_for,
+    instance_records,
+    make_scene,
+    make_texture,
+)
 
 
 def warp_back(img: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -132,6 +142,21 @@ def test_deterministic_by_seed_and_instances_are_stable():
     for inst in a.instances:
         assert inst.dtype == np.uint16 and set(np.unique(inst)) <= set(range(len(a.layers)))
         assert 0 in inst
+
+
+def test_instances_as_sam_records():
+    scene = make_scene(config_for("medium", 64, 80, 2), np.random.default_rng(1))
+    inst = scene.instances[1]
+    records = instance_records(inst)
+    assert [set(r) for r in records] == [set(RECORD_KEYS)] * len(np.unique(inst))
+    assert sum(r["area"] for r in records) == 64 * 80
+    for r in records:
+        m = r["segmentation"]
+        x, y, w, h = r["bbox"]
+        ys, xs = np.nonzero(m)
+        assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max(), ys.max())
+        px, py = r["point_coords"][0]
+        assert m[int(py), int(px)] and r["area"] == m.sum()
 
 
 def test_synth_command_writes_a_dataset_idempotently(tmp_path):

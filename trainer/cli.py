@@ -12,3 +12,5 @@ def main() -> None:
 
 
 # --- commands (one add_command line each; keep this block sorted) ---
+from trainer.commands.refine import refine  # noqa: E402, I001
+main.add_command(refine)

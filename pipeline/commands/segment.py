@@ -11,6 +11,7 @@ from pipeline.cluster import ClusterConfig, open_cluster
 from pipeline.commands.options import cluster_options, derive_options, segmenter_options
 from pipeline.errors import BadInputError
 from pipeline.segment import SegmentResult, plan_shards, segment_shards
+from pipeline.segmenters import check_spec
 from pipeline.segmenters.base import SegmenterSpec
 
 
@@ -29,6 +30,7 @@ def run_segment(
     retries: int, progress: bool = True,
 ) -> SegmentResult:
     files = shard_files(shards)
+    check_spec(spec)
     plan = plan_shards(files, out, spec, derive_config)
     if not plan.todo:  # nothing to do: no cluster to start
         return segment_shards(files, out, spec, derive_config, None, plan=plan, progress=progress)

@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import BadInputError
@@ -28,6 +29,8 @@ __all__ = [
     "SegmenterSpec",
     "available_segmenters",
     "build_segmenter",
+    "check_spec",
+    "resolve_factory",
 ]
 
 DEFAULT_SEGMENTER = "graph"
@@ -47,9 +50,13 @@ def available_segmenters() -> list[str]:
     return list(_BUILTINS) + plugins
 
 
-def build_segmenter(spec: SegmenterSpec) -> Segmenter:
-    """Build the segmenter `spec` names, with its options. Errors name the segmenter and what is wrong."""
-    factory = _resolve(spec.name)
+def check_spec(spec: SegmenterSpec) -> Any:
+    """Resolve the factory and check the options against its signature, without building anything.
+
+    Cheap, so the client calls it before starting a cluster: a typo fails in a second, not after the
+    workers came up. Returns the factory.
+    """
+    factory = resolve_factory(spec.name)
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # some C callables have no signature: let the call itself complain
@@ -62,7 +69,15 @@ def build_segmenter(spec: SegmenterSpec) -> Segmenter:
             raise BadInputError(
                 f"segmenter {spec.name!r}: bad options {sorted(spec.options)} ({exc}); it accepts {accepted}"
             ) from None
-    segmenter = factory(**spec.options)
+    checkpoint = spec.options.get("checkpoint")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise BadInputError(f"segmenter {spec.name!r}: checkpoint not found: {checkpoint}")
+    return factory
+
+
+def build_segmenter(spec: SegmenterSpec) -> Segmenter:
+    """Build the segmenter `spec` names, with its options. Errors name the segmenter and what is wrong."""
+    segmenter = check_spec(spec)(**spec.options)
     if not isinstance(segmenter, Segmenter):
         raise BadInputError(
             f"segmenter {spec.name!r}: its factory returned {type(segmenter).__name__}, which lacks the "
@@ -71,7 +86,8 @@ def build_segmenter(spec: SegmenterSpec) -> Segmenter:
     return segmenter
 
 
-def _resolve(name: str) -> Callable[..., Any]:
+def resolve_factory(name: str) -> Callable[..., Any]:
+    """The factory a segmenter name stands for (built-in, entry point, or module:factory)."""
     if name in _BUILTINS:
         return _import_factory(_BUILTINS[name])
     for ep in _entry_points():

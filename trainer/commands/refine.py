@@ -1,0 +1,122 @@
+"""`python -m trainer refine`: replace each confidently fitted region's flow by its homography flow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+
+from pipeline.errors import BadInputError, PipelineError
+
+
+class _UserError(click.ClickException):
+    """A PipelineError as one line and exit status 2, whichever group runs the command."""
+
+    exit_code = 2
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """A full segmentation saved as a single-channel 8- or 16-bit PNG: (H, W) int64 labels."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise BadInputError(f"{path}: cannot read as an image")
+    if img.ndim != 2 or img.dtype not in (np.uint8, np.uint16):
+        raise BadInputError(
+            f"{path}: a label map must be a single-channel 8/16-bit PNG, got shape {img.shape} {img.dtype}"
+        )
+    return img.astype(np.int64)
+
+
+def _seg_from_store(store: str, frame: str) -> np.ndarray:
+    from pipeline.index import Index
+
+    index = Index.load(store)
+    try:
+        if frame not in index:
+            raise BadInputError(f"frame {frame!r} is not in the stores under {store}")
+        ms, row = index.store_for(frame)
+        return np.asarray(ms.read_full_seg(row)).astype(np.int64)
+    finally:
+        index.close()
+
+
+def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """before | after | |after - before| (RGB), the two flows drawn on one colour scale."""
+    from pipeline.flow_viz import error_to_color, flow_to_color, hstack
+
+    mag = float(np.linalg.norm(before, axis=2).max()) or 1.0
+    diff = np.linalg.norm(after - before, axis=2)
+    edges = np.zeros(seg.shape, bool)
+    edges[:, 1:] |= seg[:, 1:] != seg[:, :-1]
+    edges[1:] |= seg[1:] != seg[:-1]
+    tiles = [flow_to_color(before, max_flow=mag), flow_to_color(after, max_flow=mag), error_to_color(diff)]
+    for t in tiles[:2]:
+        t[edges] = 0  # region outlines show what was fitted
+    return hstack(tiles)
+
+
+@click.command("refine")
+@click.option("--flow", "flow_path", required=True, type=click.Path(dir_okay=False),
+              help="Input flow (.flo or KITTI .png).")
+@click.option("--seg", "seg_path", type=click.Path(dir_okay=False),
+              help="Full segmentation: single-channel 8/16-bit label PNG.")
+@click.option("--store", type=click.Path(file_okay=False), help="Mask store directory (with --frame).")
+@click.option("--frame", help="Frame id whose full segmentation to read from --store.")
+@click.option("--occ", "occ_path", type=click.Path(dir_okay=False),
+              help="Optional occlusion mask PNG (255 = occluded): excluded from the fit.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Refined flow (.flo or KITTI .png).")
+@click.option("--regions", default="all", show_default=True, help="all | largest-N | occluded-N")
+@click.option("--ransac-thresh", default=1.0, show_default=True, type=float, help="Inlier distance (px).")
+@click.option("--min-inlier-rate", default=0.5, show_default=True, type=float)
+@click.option("--min-pixels", default=64, show_default=True, type=int, help="Smaller regions are kept as is.")
+@click.option("--include-background", is_flag=True, help="Also fit label 0 (pixels in no mask).")
+@click.option("--picture", type=click.Path(dir_okay=False),
+              help="Before/after PNG (default: next to --out, *_refine.png).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Per-region JSON report.")
+@click.option("--seed", default=0, show_default=True, type=int, help="RANSAC sampling seed.")
+def refine(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransac_thresh, min_inlier_rate,
+           min_pixels, include_background, picture, report_path, seed) -> None:
+    """Fit a homography to each full_seg region's flow and replace the flow where it fits well."""
+    try:
+        _run(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransac_thresh, min_inlier_rate,
+             min_pixels, include_background, picture, report_path, seed)
+    except PipelineError as exc:
+        raise _UserError(str(exc)) from exc
+
+
+def _run(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransac_thresh, min_inlier_rate,
+         min_pixels, include_background, picture, report_path, seed) -> None:
+    from pipeline.flow_io import read_flow, read_mask_png, write_flow
+    from trainer.refine import refine_flow
+
+    if (seg_path is None) == (store is None):
+        raise BadInputError("give exactly one of --seg PNG or --store DIR (with --frame)")
+    if store is not None and not frame:
+        raise BadInputError("--store needs --frame ID")
+    flow, valid = read_flow(flow_path)
+    seg = read_label_png(seg_path) if seg_path else _seg_from_store(store, frame)
+    if seg.shape != flow.shape[:2]:
+        where = seg_path or f"{store} frame {frame!r}"
+        raise BadInputError(f"{where}: segmentation is {seg.shape[1]}x{seg.shape[0]} but "
+                            f"{flow_path} is {flow.shape[1]}x{flow.shape[0]}")
+    occ = read_mask_png(occ_path, flow.shape[:2]) if occ_path else None
+    refined, report = refine_flow(
+        flow, seg, valid=valid, occ=occ, regions=regions, ransac_thresh=ransac_thresh,
+        min_inlier_rate=min_inlier_rate, min_pixels=min_pixels, include_background=include_background,
+        seed=seed,
+    )
+    out = write_flow(out_path, refined, valid | (refined != flow).any(axis=2))
+    pic = Path(picture) if picture else out.with_name(out.stem + "_refine.png")
+    from pipeline.flow_viz import write_png
+
+    write_png(pic, before_after_picture(flow, refined, seg))
+    if report_path:
+        Path(report_path).write_text(json.dumps(report.to_dict(), indent=1))
+    click.echo(
+        f"refined {report.num_refined} of {len(report.regions)} regions "
+        f"({report.refined_pixels / flow[..., 0].size:.1%} of pixels) -> {out}; picture {pic}"
+    )
