@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 
-import cv2
 import numpy as np
 import torch
 
 from benchmarks.common import write_results
-from trainer.losses.homography import homography_loss
+from trainer.losses.homography import homography_loss, homography_loss_reference
 
 
 def synthetic_batch(
@@ -63,38 +62,6 @@ def synthetic_batch(
     return flow.astype(np.float32), seg, occ
 
 
-def reference_loss(
-    flow: np.ndarray, seg: np.ndarray, occ: np.ndarray, *, ransac_thresh: float, num_regions: int = 6,
-    min_visible: int = 4, min_visible_frac: float = 0.2, min_inlier_rate: float = 0.5,
-) -> float:
-    """The reference design: a Python loop over images and regions, one cv2.findHomography each."""
-    b, _, h, w = flow.shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    total = 0.0
-    for i in range(b):
-        labels, area = np.unique(seg[i], return_counts=True)
-        nocc = np.array([(occ[i] & (seg[i] == lab)).sum() for lab in labels])
-        keep = labels > 0
-        labels, area, nocc = labels[keep], area[keep], nocc[keep]
-        order = sorted(range(len(labels)), key=lambda j: (-nocc[j], -area[j]))[:num_regions]
-        for j in order:
-            m = seg[i] == labels[j]
-            vis = m & ~occ[i]
-            nvis = int(vis.sum())
-            if nvis < min_visible or nvis < min_visible_frac * area[j]:
-                continue
-            src = np.stack((xs[vis], ys[vis]), -1)
-            dst = src + np.stack((flow[i, 0][vis], flow[i, 1][vis]), -1)
-            H, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_thresh)
-            if H is None or mask.mean() < min_inlier_rate:
-                continue
-            allp = np.stack((xs[m], ys[m]), -1)
-            pred = cv2.perspectiveTransform(allp[None].astype(np.float64), H)[0]
-            target = allp + np.stack((flow[i, 0][m], flow[i, 1][m]), -1)
-            total += float(np.abs(pred - target).sum())
-    return total / (h * w) / b
-
-
 def _time(fn, repeats: int) -> float:
     fn()  # warm-up
     t0 = time.perf_counter()
@@ -119,11 +86,11 @@ def main() -> None:
             ft.grad = None
             batched().backward()
 
-        t_ref = _time(lambda thr=thr: reference_loss(flow, seg, occ, ransac_thresh=thr), 2)
+        t_ref = _time(lambda thr=thr: homography_loss_reference(flow, seg, occ, ransac_thresh=thr), 2)
         t_fwd = _time(batched, 3)
         t_fb = _time(batched_fb, 3)
         ours = float(batched())
-        ref = reference_loss(flow, seg, occ, ransac_thresh=thr)
+        ref = homography_loss_reference(flow, seg, occ, ransac_thresh=thr)
         rows.append({
             "threshold": name, "opencv loop s/batch": t_ref, "batched fwd s/batch": t_fwd,
             "batched fwd+bwd s/batch": t_fb, "speed-up (fwd)": t_ref / t_fwd,

@@ -13,8 +13,12 @@ per-row offsets, so one frame is one slice of each dataset:
     derived/full_seg (flat bytes, per-frame smallest uint), derived/key_objects (flat int64)
     bad/     id, reason                                                      frames that could not be used
 
-Bulk data is gzip-4 in 64 KiB chunks (measured: bench_store); the frame index is read into memory
-on open, so reading one frame is one small slice per dataset.
+Everything is gzip-4 (measured in bench_store: gzip-1 is 10% larger for no faster reads; lzf 50%
+larger); bulk datasets have 64 KiB chunks, so a frame's masks span a few chunks and share at most the
+two at its ends with neighbours. The per-frame offsets are read into memory on open, so reading one
+frame is one small slice per dataset and never scans other frames. On 8 Sintel/judo frames with
+115 masks each: 48 KiB per frame (29 masks, 14 full_seg, 5 metadata), 12 ms CPU to read all of a
+frame, 1.2 ms for full_seg + key objects only.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def fit_homographies(
     thresh: float,
     num_hypotheses: int = 128,
     num_score_points: int = 256,
-    refits: int = 1,
+    refits: int = 2,
     generator: torch.Generator | None = None,
 ) -> HomographyFit:
     """RANSAC-fit one homography per group to its visible correspondences src -> dst, all at once.

@@ -8,6 +8,7 @@ regions of all images are fitted at once (trainer.homography_fit); the fit is a 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from trainer.homography_fit import fit_homographies
@@ -117,3 +118,38 @@ def homography_loss_fwbw(
 ) -> torch.Tensor:
     """Mean of the forward (frame-1 regions) and backward (frame-2 regions) homography losses."""
     return (homography_loss(flow12, seg1, occ1, **kwargs) + homography_loss(flow21, seg2, occ2, **kwargs)) / 2
+
+
+def homography_loss_reference(
+    flow: np.ndarray, seg: np.ndarray, occ: np.ndarray, *, ransac_thresh: float, num_regions: int = 6,
+    min_visible: int = 4, min_visible_frac: float = 0.2, min_inlier_rate: float = 0.5,
+) -> float:
+    """The plain reference design, for benchmarks and tests: loops over images and regions in numpy,
+    one cv2.findHomography(RANSAC) per region. flow (B, 2, H, W), seg and occ (B, H, W) numpy."""
+    import cv2
+
+    b, _, h, w = flow.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    total = 0.0
+    for i in range(b):
+        labels, area = np.unique(seg[i], return_counts=True)
+        nocc = np.array([(occ[i] & (seg[i] == lab)).sum() for lab in labels])
+        keep = labels > 0
+        labels, area, nocc = labels[keep], area[keep], nocc[keep]
+        order = sorted(range(len(labels)), key=lambda j: (-nocc[j], -area[j]))[:num_regions]
+        for j in order:
+            m = seg[i] == labels[j]
+            vis = m & ~occ[i]
+            nvis = int(vis.sum())
+            if nvis < min_visible or nvis < min_visible_frac * area[j]:
+                continue
+            src = np.stack((xs[vis], ys[vis]), -1)
+            dst = src + np.stack((flow[i, 0][vis], flow[i, 1][vis]), -1)
+            H, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_thresh)
+            if H is None or mask.mean() < min_inlier_rate:
+                continue
+            allp = np.stack((xs[m], ys[m]), -1)
+            pred = cv2.perspectiveTransform(allp[None].astype(np.float64), H)[0]
+            target = allp + np.stack((flow[i, 0][m], flow[i, 1][m]), -1)
+            total += float(np.abs(pred - target).sum())
+    return total / (h * w) / b
