@@ -72,19 +72,9 @@ def _measure(device: str, threads: int) -> list[dict]:
             }
         )
         print(rows[-1], flush=True)
-    for dev_rows in [rows]:
-        loop = sum(r["loop_ms"] for r in dev_rows)
-        gemm = sum(r["gemm_ms"] for r in dev_rows)
-        rows.append(
-            {
-                "device": device,
-                "threads": rows[0]["threads"],
-                "B,C,H,W": "all five levels",
-                "loop_ms": loop,
-                "gemm_ms": gemm,
-                "speedup": loop / gemm,
-            }
-        )
+    loop, gemm = sum(r["loop_ms"] for r in rows), sum(r["gemm_ms"] for r in rows)
+    total = {"device": device, "threads": rows[0]["threads"], "B,C,H,W": "all five levels"}
+    rows.append({**total, "loop_ms": loop, "gemm_ms": gemm, "speedup": loop / gemm})
     return rows
 
 

@@ -25,7 +25,9 @@ from pipeline.segmenters import build_segmenter
 from pipeline.segmenters.base import SegmenterSpec
 from pipeline.shard import write_shards
 
-SHARED = Path(os.environ.get("UNSAMFLOW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED = Path(
+    os.environ.get("UNSAMFLOW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 SEQUENCES = [
     "video/judo", "video/davis_flow_demo",
     *[f"sintel/training/{p}/{s}" for p in ("clean", "final")

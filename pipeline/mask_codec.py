@@ -3,7 +3,7 @@
 Each mask is its tight box (y, x, h, w) plus the row-major run lengths of the box's pixels, starting
 with a run of zeros (possibly empty), as uint32. Chosen by measurement (benchmarks/bench_store.py:
 8 real Sintel/judo frames, 115 SAM-like masks each, all masks of a frame decoded to (N, H, W) bool,
-gzip-4 on top in the store): 29 KiB and 8.2 ms CPU per frame, against 49 KiB / 7.8 ms for bitmaps
+gzip-4 on top; masks only): 29 KiB and 8.2 ms CPU per frame, against 49 KiB / 7.8 ms for bitmaps
 of the box (np.packbits), 66 KiB / 29 ms for whole-frame bitmaps, and 30 KiB / 45 ms for SAM/COCO's
 whole-frame column-major RLE (it needs a transpose). Decoding writes only the box, and a mask
 decodes on its own (key objects without the rest of the frame).

@@ -81,6 +81,33 @@ def remove_stale_temps(store_path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _read(shard: Manifest, frame) -> tuple:
+    from pipeline.images import read_rgb
+
+    try:
+        return (frame, *read_rgb(shard.path(frame.id), frame.id), None)
+    except BadFrameError as exc:
+        return frame, None, None, exc.reason
+    except BadInputError as exc:  # e.g. an id that escapes the root
+        return frame, None, None, str(exc)
+
+
+def read_ahead(shard: Manifest):
+    """(frame, rgb, sha256, bad reason) per frame, decoding the next frame while this one is segmented.
+
+    Decoding and hashing release the GIL, so on a GPU worker (or a spare core) reading costs no time.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = shard.frames
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
+        nxt = pool.submit(_read, shard, frames[0]) if frames else None
+        for i in range(len(frames)):
+            cur = nxt.result()
+            nxt = pool.submit(_read, shard, frames[i + 1]) if i + 1 < len(frames) else None
+            yield cur
+
+
 def segment_shard(
     shard_file: str,
     store_file: str,
@@ -89,7 +116,6 @@ def segment_shard(
 ) -> dict:
     """Dask task: segment one shard into one store. Returns the shard's statistics."""
     from pipeline.derive import DeriveConfig, derive
-    from pipeline.images import read_rgb
     from pipeline.store import StoreWriter
 
     t_start = time.perf_counter()
@@ -112,11 +138,8 @@ def segment_shard(
         source=source,
         shard=dict(shard.meta),
     ) as writer:
-        for frame in shard.frames:
-            try:
-                rgb, sha = read_rgb(shard.path(frame.id), frame.id)
-            except (BadFrameError, BadInputError) as exc:
-                reason = exc.reason if isinstance(exc, BadFrameError) else str(exc)
+        for frame, rgb, sha, reason in read_ahead(shard):
+            if reason is not None:
                 writer.add_bad(frame.id, reason)
                 stats["bad"][frame.id] = reason
                 _emit({"frame": frame.id, "masks": 0, "bad": reason})

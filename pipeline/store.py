@@ -17,8 +17,9 @@ Everything is gzip-4 (measured in bench_store: gzip-1 is 10% larger for no faste
 larger); bulk datasets have 64 KiB chunks, so a frame's masks span a few chunks and share at most the
 two at its ends with neighbours. The per-frame offsets are read into memory on open, so reading one
 frame is one small slice per dataset and never scans other frames. On 8 Sintel/judo frames with
-115 masks each: 48 KiB per frame (29 masks, 14 full_seg, 5 metadata), 12 ms CPU to read all of a
-frame, 1.2 ms for full_seg + key objects only.
+115 masks each: 48 KiB per frame (masks 24, full_seg 12.5, metadata 4, the rest HDF5's fixed cost,
+which a shard of hundreds of frames amortises), 12 ms CPU to read all of a frame, 1.2 ms for full_seg
+and key objects only.
 """
 
 from __future__ import annotations
@@ -204,11 +205,13 @@ class StoreWriter:
     """Writes one store under a temporary name; `commit()` makes it appear complete, atomically.
 
     Use as a context manager: an exception (or `abort()`) removes the temporary file and leaves
-    any existing file at `path` untouched; leaving the block normally commits.
+    any existing file at `path` untouched; leaving the block normally commits. Frames are buffered
+    up to `buffer_bytes` and then appended to resizable datasets, so memory stays bounded however
+    many frames a shard has.
     """
 
     def __init__(self, path: str | Path, *, segmenter: dict, derive_config: dict, source: dict,
-                 shard: dict | None = None):
+                 shard: dict | None = None, buffer_bytes: int = 32 << 20):
         self.path = Path(path)
         self.tmp = temp_path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,7 +227,8 @@ class StoreWriter:
         attrs["shard"] = _json(shard or {})
         attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         attrs["library_version"] = library_version()
-        self._app = _Appender(self._h5, {**_FRAME_FIELDS, **_MASK_FIELDS, **_DERIVED_FIELDS, **_BAD_FIELDS})
+        fields = {**_FRAME_FIELDS, **_MASK_FIELDS, **_DERIVED_FIELDS, **_BAD_FIELDS}
+        self._app = _Appender(self._h5, fields, flush_bytes=buffer_bytes)
 
     def __enter__(self) -> StoreWriter:
         return self

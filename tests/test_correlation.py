@@ -12,6 +12,15 @@ from pipeline.images import read_rgb
 from trainer.model.correlation import correlation
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core box they lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def correlation_reference(x1: torch.Tensor, x2: torch.Tensor, r: int = 4) -> torch.Tensor:
     """The definition: for each (dy, dx), row-major, the channel mean of x1 * (x2 shifted, zero outside)."""
     _, _, h, w = x1.shape
@@ -97,5 +106,11 @@ def test_bad_shapes_are_refused():
         correlation(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))
     with pytest.raises(BadInputError, match="max_displacement"):
         correlation(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), max_displacement=-1)
-    with pytest.raises(BadInputError, match="float64"):
-        correlation(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4, dtype=torch.float64))
+
+
+def test_mixed_precision_inputs_are_promoted():
+    x1 = torch.randn(1, 3, 5, 6, dtype=torch.bfloat16)
+    x2 = torch.randn(1, 3, 5, 6)
+    out = correlation(x1, x2)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, correlation_reference(x1.float(), x2), atol=1e-5, rtol=0)

@@ -22,6 +22,15 @@ def region_max_loop(feat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core box they lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def models() -> dict[str, PWCLite]:
     torch.manual_seed(0)
@@ -30,11 +39,11 @@ def models() -> dict[str, PWCLite]:
 
 @pytest.fixture(scope="module")
 def real_pair(shared_data) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sintel alley_1 frames 2 and 3, a 128 x 192 crop, as (1, 3, H, W) in [0, 1]."""
+    """Sintel alley_1 frames 2 and 3, a 64 x 128 crop, as (1, 3, H, W) in [0, 1]."""
     frames = []
     for name in ("frame_0002.png", "frame_0003.png"):
         rgb, _ = read_rgb(shared_data / "sintel/training/final/alley_1" / name)
-        crop = np.ascontiguousarray(rgb[150:278, 400:592])
+        crop = np.ascontiguousarray(rgb[180:244, 420:548])
         frames.append(torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255)
     return frames[0], frames[1]
 
@@ -56,7 +65,7 @@ def test_parameter_counts(models):
     assert mf - base == extra
 
 
-@pytest.mark.parametrize("b, h, w", [(1, 64, 64), (2, 64, 128), (1, 128, 192)])
+@pytest.mark.parametrize("b, h, w", [(1, 64, 64), (2, 64, 128), (1, 128, 64)])
 def test_output_pyramid_shapes(models, b, h, w):
     g = torch.Generator().manual_seed(h + w)
     img1, img2 = torch.rand(b, 3, h, w, generator=g), torch.rand(b, 3, h, w, generator=g)
@@ -94,13 +103,14 @@ def test_forward_only_matches_the_joint_pass(models, real_pair, kind):
 
 
 def test_mask_features_use_regions_not_label_values(models, real_pair):
-    seg1, seg2 = _segs(1, 64 * 2, 64 * 3)
+    size = real_pair[0].shape[-2:]
+    seg1, seg2 = _segs(1, *size)
     with torch.no_grad():
         out = models["mf"](*real_pair, seg1, seg2)["flows_fw"][0]
         # Renaming the labels (any injective map) must not change anything ...
         renamed = models["mf"](*real_pair, (seg1 * 3) % 1_000_033 - 2**40, seg2 + 2**50)["flows_fw"][0]
         # ... but other regions must.
-        other = models["mf"](*real_pair, *_segs(1, 64 * 2, 64 * 3, seed=5))["flows_fw"][0]
+        other = models["mf"](*real_pair, *_segs(1, *size, seed=5))["flows_fw"][0]
     torch.testing.assert_close(out, renamed, atol=1e-5, rtol=1e-5)
     assert (out - other).abs().max() > 1e-3
 
@@ -143,6 +153,12 @@ def test_region_max_on_a_larger_map_and_its_gradient():
     counts = torch.stack([(labels[n][..., None, None] == labels[n]).sum((-1, -2)) for n in range(3)])
     is_max = feat.detach() == pooled.detach()
     torch.testing.assert_close(feat.grad, (is_max * counts[:, None]).float())
+
+
+def test_region_max_with_as_many_regions_as_pixels():
+    feat = torch.randn(2, 3, 20, 30, generator=torch.Generator().manual_seed(5))
+    labels = torch.randperm(2 * 20 * 30).view(2, 20, 30) * 2**40
+    torch.testing.assert_close(region_max(feat, labels), feat, atol=0, rtol=0)
 
 
 def test_region_max_on_empty_maps():

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
@@ -217,3 +216,24 @@ def test_segment_cli_reports_unknown_segmenter(tmp_path):
                                        "--retries", "0"])
     assert result.exit_code != 0
     assert "no-such-thing" in result.output
+
+
+def test_run_from_a_config_file_and_missing_frames_are_bad(shared_data, tmp_path):
+    """A YAML config drives `run`; a frame list naming a missing file records it as bad."""
+    frames = small_frames(shared_data, tmp_path / "data" / "judo", n=1, scale=0.25)
+    manifest = Manifest("folder", str(tmp_path / "data"),
+                        [Frame(f"judo/{frames[0].name}", "judo"), Frame("judo/gone.png", "judo")])
+    manifest.save(tmp_path / "list.json")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"manifest: {tmp_path / 'list.json'}\nout: {tmp_path / 'out'}\nshards: 1\n"
+                   "workers: 1\ndashboard: false\npictures: 1\nskip_bad: true\n")
+    result = run_cli(["run", "--config", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "judo/gone.png" in result.output and "file not found" in result.output
+    [store] = (tmp_path / "out" / "stores").glob("*.h5")
+    assert list(MaskStore(store).bad_frames) == ["judo/gone.png"]
+    bad = CliRunner().invoke(main, ["run", "--config", str(cfg), "--no-such"])
+    assert bad.exit_code != 0
+    cfg.write_text("shardz: 3\n")
+    bad = CliRunner().invoke(main, ["run", "--config", str(cfg)])
+    assert bad.exit_code != 0 and "unknown keys ['shardz']" in bad.output

@@ -152,6 +152,23 @@ def test_ragged_edge_cases(tmp_path):
     assert store.read_full_seg("many").dtype == np.uint16
 
 
+def test_small_buffer_appends_frame_by_frame(tmp_path, real_frames):
+    """buffer_bytes=1 flushes after every dataset append: the resize-and-append path of long shards."""
+    frames = [dict(f, frame_id=f"{f['frame_id']}#{k}") for k in range(3) for f in real_frames]
+    with StoreWriter(tmp_path / "s.h5", segmenter=SEGMENTER, derive_config=DERIVE, source=SOURCE,
+                     buffer_bytes=1) as w:
+        for i, f in enumerate(frames):
+            w.add_frame(f["frame_id"], image_shape=f["image_shape"], sha256=f["sha256"], records=f["records"],
+                        full_seg=f["full_seg"], key_objects=f["key_objects"])
+            if i == 2:
+                w.add_bad("between", "unreadable")
+    store = MaskStore(tmp_path / "s.h5")
+    assert store.frame_ids == [f["frame_id"] for f in frames]
+    assert store.bad_frames == {"between": "unreadable"}
+    for f in reversed(frames):
+        assert_same(store.read(f["frame_id"]), f)
+
+
 def test_atomic_commit_keeps_previous_store(tmp_path, real_frames):
     path = write(tmp_path / "s.h5", real_frames[:1])
     before = path.read_bytes()

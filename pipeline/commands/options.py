@@ -129,10 +129,21 @@ def load_config(ctx: click.Context, _param, value: str | None):
         raise click.BadParameter(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path}: expected a mapping of option names to values")
-    known = {p.name for p in ctx.command.params}
-    clean = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(clean) - known)
+    # Keys are the flags' names (`shards`, `segmenter-option`, `no-hash`), as users know them.
+    by_flag = {
+        opt.lstrip("-").replace("-", "_"): p.name
+        for p in ctx.command.params
+        for opt in (*p.opts, *getattr(p, "secondary_opts", ()))
+        if opt.startswith("--")
+    }
+    unknown = sorted(k for k in data if str(k).replace("-", "_") not in by_flag)
     if unknown:
-        raise click.BadParameter(f"{path}: unknown keys {unknown}; known: {sorted(known)}")
+        raise click.BadParameter(f"{path}: unknown keys {unknown}; known: {sorted(by_flag)}")
+    clean = {}
+    for k, v in data.items():
+        flag = str(k).replace("-", "_")
+        if flag.startswith("no_") and flag in by_flag and by_flag[flag] != flag:
+            v = not v  # `no-dashboard: true` is `dashboard: false`
+        clean[by_flag[flag]] = v
     ctx.default_map = {**(ctx.default_map or {}), **clean}
     return value

@@ -127,7 +127,10 @@ def correlation(
         raise BadInputError(
             f"correlation: max_displacement must be >= 0 and tile >= 1, got {max_displacement} and {tile}"
         )
-    if x1.dtype != x2.dtype or x1.device != x2.device:
-        raise BadInputError(f"correlation: x1 is {x1.dtype} on {x1.device}, x2 is {x2.dtype} on {x2.device}")
+    if x1.device != x2.device:
+        raise BadInputError(f"correlation: x1 is on {x1.device}, x2 on {x2.device}")
+    # Under autocast, conv features (half) meet grid_sample output (float32): compute in the wider type.
+    dtype = torch.promote_types(x1.dtype, x2.dtype)
+    x1, x2 = x1.to(dtype), x2.to(dtype)
     # Any strides will do: the inputs are copied into the padded layout anyway.
     return _Correlation.apply(x1, x2, max_displacement, tile)

@@ -1,0 +1,164 @@
+"""refine_flow and `python -m trainer refine`: recovery, region choice, layouts and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.errors import BadInputError
+from pipeline.flow_io import read_flo, write_flo
+from trainer.cli import main as trainer_cli
+from trainer.refine import refine_flow
+
+H, W = 60, 80
+
+
+def _scene(seed: int = 0, noise: float = 0.3):
+    """Two regions moving by their own homography, a background; noisy flow and the exact one."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+    seg = np.zeros((H, W), np.int64)
+    seg[5:35, 5:45], seg[30:55, 40:75] = 1, 2
+    exact = np.zeros((H, W, 2))
+    for lab in (1, 2):
+        Hm = np.eye(3) + np.diag([0.02, -0.02, 0]) * lab
+        Hm[:2, 2] = (2.0 * lab, -1.5)
+        Hm[2, 0] = 1e-4
+        m = seg == lab
+        p = Hm @ np.stack((xs[m], ys[m], np.ones(m.sum())))
+        exact[m] = np.stack((p[0] / p[2] - xs[m], p[1] / p[2] - ys[m]), -1)
+    noisy = (exact + rng.normal(0, noise, exact.shape)).astype(np.float32)
+    return noisy, exact.astype(np.float32), seg
+
+
+def test_refine_recovers_region_homographies_and_leaves_the_rest():
+    noisy, exact, seg = _scene()
+    out, report = refine_flow(noisy, seg)
+    fg = seg > 0
+    assert np.abs(out - exact)[fg].mean() < 0.1 * np.abs(noisy - exact)[fg].mean()
+    assert np.array_equal(out[~fg], noisy[~fg])  # background (label 0) untouched by default
+    assert report.num_refined == 2 and report.refined_pixels == fg.sum()
+    assert {r.label for r in report.regions} == {1, 2}
+
+
+def test_occluded_pixels_are_filled_and_not_fitted():
+    noisy, exact, seg = _scene(1)
+    occ = np.zeros((H, W), bool)
+    occ[5:35, 5:20] = True
+    noisy[occ] = 25.0  # garbage where occluded
+    out, _ = refine_flow(noisy, seg, occ=occ, ransac_thresh=1.0)
+    assert np.abs(out - exact)[occ].max() < 0.3
+
+
+def test_region_choice_and_thresholds():
+    noisy, exact, seg = _scene(2)
+    _, rep = refine_flow(noisy, seg, regions="largest-1")
+    assert [r.label for r in rep.regions] == [1]  # 1175 pixels beat 875
+    occ = np.zeros((H, W), bool)
+    occ[50:55, 40:60] = True
+    _, rep = refine_flow(noisy, seg, occ=occ, regions="occluded-1")
+    assert [r.label for r in rep.regions] == [2]
+    rough = noisy.copy()
+    rough[seg == 2] += np.random.default_rng(0).uniform(-20, 20, ((seg == 2).sum(), 2)).astype(np.float32)
+    out, rep = refine_flow(rough, seg)
+    assert [r.refined for r in rep.regions] == [True, False] and "inlier rate" in rep.regions[1].reason
+    assert np.array_equal(out[seg == 2], rough[seg == 2])
+    _, rep = refine_flow(noisy, seg, min_pixels=2000)
+    assert rep.num_refined == 0 and all("min_pixels" in r.reason for r in rep.regions)
+    _, rep = refine_flow(noisy, seg, include_background=True)
+    assert 0 in {r.label for r in rep.regions}
+
+
+def test_batched_torch_layout_matches_single_images():
+    a, _, seg = _scene(3)
+    b, _, _ = _scene(4)
+    batch = torch.from_numpy(np.stack([a, b])).permute(0, 3, 1, 2)
+    segs = torch.from_numpy(np.stack([seg, seg]))
+    out, rep = refine_flow(batch, segs)
+    assert isinstance(out, torch.Tensor) and out.shape == batch.shape and out.dtype == batch.dtype
+    single, _ = refine_flow(torch.from_numpy(a), seg)
+    assert isinstance(single, torch.Tensor) and single.shape == (H, W, 2)
+    assert torch.allclose(out[0].permute(1, 2, 0), single, atol=1e-4)
+    assert {r.image for r in rep.regions} == {0, 1}
+
+
+def test_huge_label_counts_and_odd_labels_have_defined_behaviour():
+    noisy, exact, seg = _scene(5)
+    big = seg * 10**12  # huge label values: renumbered, same result
+    out_big, _ = refine_flow(noisy, big)
+    out, _ = refine_flow(noisy, seg)
+    assert np.array_equal(out, out_big)
+    unique = np.arange(H * W).reshape(H, W) + 1  # every pixel its own region: nothing to fit
+    out_u, rep = refine_flow(noisy, unique)
+    assert np.array_equal(out_u, noisy) and rep.num_refined == 0 and len(rep.regions) == H * W
+    out_bg, rep = refine_flow(noisy, np.zeros((H, W), np.uint16))  # only background
+    assert np.array_equal(out_bg, noisy) and rep.regions == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"flow": np.zeros((H, W, 3), np.float32)}, "H x W x 2"),
+        ({"seg": np.zeros((H, W + 1), np.int64)}, "full_seg has shape"),
+        ({"seg": np.zeros((0, 0), np.int64)}, "empty"),
+        ({"seg": np.full((H, W), 1.5)}, "integer labels"),
+        ({"seg": -np.ones((H, W), np.int64)}, "negative"),
+        ({"occ": np.zeros((H, 3), bool)}, "occ mask has shape"),
+        ({"regions": "biggest-3"}, "largest-N"),
+        ({"regions": "occluded-2"}, "needs an occlusion mask"),
+        ({"ransac_thresh": 0.0}, "ransac_thresh"),
+        ({"min_pixels": 2}, "min_pixels"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(change, message):
+    noisy, _, seg = _scene()
+    kw = {"flow": noisy, "seg": seg, **change}
+    flow, full_seg = kw.pop("flow"), kw.pop("seg")
+    with pytest.raises(BadInputError, match=message):
+        refine_flow(flow, full_seg, **kw)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_flow_is_refused(bad):
+    noisy, _, seg = _scene()
+    noisy[3, 4, 1] = bad
+    with pytest.raises(BadInputError, match="1 NaN/Inf"):
+        refine_flow(noisy, seg)
+
+
+def test_cli_refines_a_real_sintel_flow(tmp_path, shared_data):
+    root = shared_data / "sintel" / "training"
+    flo = root / "flow" / "alley_1" / "frame_0002.flo"
+    gt, _ = read_flo(flo)
+    seg = np.zeros(gt.shape[:2], np.uint16)
+    seg[150:300, 300:500] = 40000  # 16-bit labels
+    noisy = gt + np.random.default_rng(0).normal(0, 0.5, gt.shape).astype(np.float32)
+    write_flo(tmp_path / "in.flo", noisy)
+    cv2.imwrite(str(tmp_path / "seg.png"), seg)
+    args = ["refine", "--flow", str(tmp_path / "in.flo"), "--seg", str(tmp_path / "seg.png"),
+            "--out", str(tmp_path / "out.flo"), "--report", str(tmp_path / "r.json"),
+            "--occ", str(root / "occlusions" / "alley_1" / "frame_0002.png")]
+    res = CliRunner().invoke(trainer_cli, args)
+    assert res.exit_code == 0, res.output
+    out, valid = read_flo(tmp_path / "out.flo")
+    assert valid.all() and out.shape == gt.shape
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["regions"][0]["label"] == 40000
+    pic = cv2.imread(str(tmp_path / "out_refine.png"))
+    assert pic is not None and pic.shape[0] == gt.shape[0] and pic.shape[1] > 3 * gt.shape[1]
+    m = seg > 0
+    assert np.array_equal(out[~m], noisy[~m])  # only the region may change
+    assert report["num_refined"] == int(not np.array_equal(out[m], noisy[m]))
+    bad = CliRunner().invoke(trainer_cli, ["refine", "--flow", str(tmp_path / "in.flo"),
+                                           "--out", str(tmp_path / "x.flo")])
+    assert bad.exit_code == 2 and "exactly one of --seg" in bad.output
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), seg[:10, :10])
+    bad = CliRunner().invoke(trainer_cli, ["refine", "--flow", str(tmp_path / "in.flo"), "--seg", str(small),
+                                           "--out", str(tmp_path / "x.flo")])
+    assert bad.exit_code == 2 and "small.png" in bad.output and "10x10" in bad.output
