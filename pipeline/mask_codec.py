@@ -24,16 +24,38 @@ def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return (0, 0, 0, 0)
-    cols = np.flatnonzero(mask.any(axis=0))
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))  # only the rows it spans
     return (int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
 
 
-def encode_mask(mask: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray]:
-    """One (H, W) bool mask -> (tight box, run lengths of the box, zeros first)."""
+def tight_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) int64 (y, x, h, w) tight boxes of an (N, H, W) stack, (0, 0, 0, 0) for empty masks.
+
+    Two `any` reductions over the stack; the segment stage computes them once per frame and hands
+    them to both `derive` and the store encoder.
+    """
+    n, H, W = masks.shape
+    rows, cols = masks.any(axis=2), masks.any(axis=1)  # (N, H), (N, W)
+    nonempty = rows.any(axis=1)
+    y0, x0 = rows.argmax(axis=1), cols.argmax(axis=1)
+    y1 = H - rows[:, ::-1].argmax(axis=1)
+    x1 = W - cols[:, ::-1].argmax(axis=1)
+    boxes = np.stack([y0, x0, y1 - y0, x1 - x0], axis=1).astype(np.int64)
+    boxes[~nonempty] = 0
+    return boxes
+
+
+def encode_mask(
+    mask: np.ndarray, box: tuple[int, int, int, int] | None = None
+) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """One (H, W) bool mask -> (tight box, run lengths of the box, zeros first).
+
+    `box` (from `tight_boxes`) skips recomputing the extent; it must be the tight box.
+    """
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    y, x, h, w = box = tight_box(mask)
+    y, x, h, w = box = tight_box(mask) if box is None else tuple(int(v) for v in box)
     if h == 0:
         return box, np.zeros(0, RUN_DTYPE)
     flat = mask[y : y + h, x : x + w].ravel()

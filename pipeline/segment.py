@@ -116,6 +116,7 @@ def segment_shard(
 ) -> dict:
     """Dask task: segment one shard into one store. Returns the shard's statistics."""
     from pipeline.derive import DeriveConfig, derive
+    from pipeline.mask_codec import tight_boxes
     from pipeline.store import StoreWriter
 
     t_start = time.perf_counter()
@@ -148,7 +149,8 @@ def segment_shard(
             records = seg(rgb)
             stats["segmenter_s"] += time.perf_counter() - t0
             masks, bboxes = records_to_arrays(records, rgb.shape[:2])
-            full_seg, key_idx = derive(masks, bboxes, cfg)
+            boxes = tight_boxes(masks)  # once, for derive and the store's encoder
+            full_seg, key_idx = derive(masks, bboxes, cfg, boxes)
             writer.add_frame(
                 frame.id,
                 image_shape=rgb.shape[:2],
@@ -156,6 +158,7 @@ def segment_shard(
                 records=records,
                 full_seg=full_seg,
                 key_objects=key_idx,
+                boxes=boxes,
             )
             stats["frames"] += 1
             stats["masks"] += len(records)

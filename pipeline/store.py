@@ -248,8 +248,12 @@ class StoreWriter:
             raise StoreError(f"{self.path}: frame {frame_id!r} added twice")
 
     def add_frame(self, frame_id: str, *, image_shape: tuple[int, int], sha256: str,
-                  records: list[dict], full_seg: np.ndarray, key_objects) -> None:
-        """One segmented frame: its SAM-style records and derived products."""
+                  records: list[dict], full_seg: np.ndarray, key_objects,
+                  boxes: np.ndarray | None = None) -> None:
+        """One segmented frame: its SAM-style records and derived products.
+
+        `boxes`: the masks' tight boxes (`mask_codec.tight_boxes`) when the caller computed them already.
+        """
         self._check_new(frame_id)
         shape = (int(image_shape[0]), int(image_shape[1]))
         if len(sha256) != 64:
@@ -265,7 +269,7 @@ class StoreWriter:
             seg = np.asarray(rec["segmentation"], bool)
             if seg.shape != shape:
                 raise StoreError(f"frame {frame_id!r}, mask {i}: shape {seg.shape} != image shape {shape}")
-            box, mask_runs = mask_codec.encode_mask(seg)
+            box, mask_runs = mask_codec.encode_mask(seg, None if boxes is None else boxes[i])
             cols["box"].append(box)
             cols["run_start"].append(run_pos)
             cols["run_count"].append(mask_runs.size)

@@ -165,6 +165,16 @@ def test_region_selection_and_visibility_rules():
     assert float(homography_loss(noisy, seg, occ2)) < 1e-4
 
 
+def test_loss_without_usable_regions_is_zero_with_zero_gradient():
+    f = torch.randn(2, 2, 10, 12, requires_grad=True)
+    background = torch.zeros(2, 10, 12, dtype=torch.int64)
+    loss = homography_loss(f, background, torch.zeros(2, 1, 10, 12))
+    loss.backward()
+    assert float(loss.detach()) == 0 and float(f.grad.abs().sum()) == 0
+    one_region = torch.ones(2, 10, 12, dtype=torch.int64)
+    assert float(homography_loss(f, one_region, torch.ones(2, 1, 10, 12)).detach()) == 0  # all occluded
+
+
 def test_fwbw_is_the_mean_and_bad_shapes_fail():
     flow, seg, occ = synthetic_batch(b=1, h=64, w=96, regions=4, seed=6)
     f, s, o = torch.from_numpy(flow), torch.from_numpy(seg), torch.from_numpy(occ)

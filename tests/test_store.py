@@ -336,3 +336,19 @@ def test_index_maps_frames_and_refuses_mixtures(tmp_path, real_frames):
     (tmp_path / "empty").mkdir()
     with pytest.raises(StoreError, match="no mask stores"):
         build_index(tmp_path / "empty")
+
+
+def test_tight_boxes_of_a_stack_equal_the_per_mask_boxes():
+    from pipeline.mask_codec import encode_mask, tight_box, tight_boxes
+
+    rng = np.random.default_rng(3)
+    masks = np.zeros((6, 17, 23), bool)
+    masks[0, 3:9, 4:20] = rng.random((6, 16)) > 0.3
+    masks[1, 16, 22] = True  # corner pixel
+    masks[2] = True  # whole frame
+    masks[4, 0, :] = True  # top row
+    masks[5, :, 0] = rng.random(17) > 0.5  # left column, gaps
+    boxes = tight_boxes(masks)  # masks[3] stays empty
+    assert [tuple(b) for b in boxes] == [tight_box(m) for m in masks]
+    for m, b in zip(masks, boxes, strict=True):
+        assert encode_mask(m, b)[1].tolist() == encode_mask(m)[1].tolist()

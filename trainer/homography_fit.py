@@ -58,7 +58,7 @@ def fit_homographies(
     thresh: float,
     num_hypotheses: int = 128,
     num_score_points: int = 256,
-    refits: int = 2,
+    refits: int = 1,
     generator: torch.Generator | None = None,
 ) -> HomographyFit:
     """RANSAC-fit one homography per group to its visible correspondences src -> dst, all at once.
@@ -79,6 +79,11 @@ def _fit(src, dst, group, visible, g, thresh, k, m, refits, generator) -> Homogr
     dev = src.device
     f64 = torch.float64
     p = src.shape[0]
+    if p == 0:  # nothing to fit (e.g. no region selected): every group is unusable
+        zeros = torch.zeros(g, dtype=torch.int64, device=dev)
+        return HomographyFit(H=torch.eye(3, dtype=f64, device=dev).repeat(g, 1, 1), ok=zeros.bool(),
+                             num_visible=zeros, num_inliers=zeros, inlier_rate=zeros.to(f64),
+                             projected=torch.zeros(0, 2, dtype=f64, device=dev))
     # x and y as separate vectors: interleaved (P, 2) temporaries and reductions are slow on CPU
     sx, sy = src[:, 0].to(f64), src[:, 1].to(f64)
     dx, dy = dst[:, 0].to(f64), dst[:, 1].to(f64)
