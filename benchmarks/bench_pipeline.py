@@ -76,7 +76,7 @@ def main() -> None:
             rows.append({"setting": f"segment, {workers} worker(s)", "frames": res.frames,
                          "seconds": res.wall_s, "frames_per_s": res.frames / res.wall_s,
                          "overhead_vs_segmenter_pct": 100 * (res.wall_s * workers / t_seg - 1),
-                         "cluster_startup_s": startup})
+                         "segmenter_in_workers_s": res.segmenter_s, "cluster_startup_s": startup})
         rows.append({"setting": "speedup 2 workers vs 1", "seconds": walls[1] / walls[2]})
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -30,6 +30,13 @@ class ClusterConfig:
     connect_timeout: str = "30s"  # how long to wait for --scheduler to answer
 
 
+# Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap
+# threshold: every frame-sized array is then mmap'd, page-faulted and unmapped again. Measured on the
+# graph segmenter: 50% slower than glibc's defaults; these values are 8% faster than the defaults.
+# glibc reads them at process start, so they go into Dask's *pre-spawn* environment.
+MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(128 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+
+
 def visible_gpus() -> list[int]:
     """Ids of the CUDA devices this process may use (empty without CUDA)."""
     try:
@@ -50,6 +57,7 @@ def local_worker_specs(cfg: ClusterConfig) -> dict[str, dict]:
         if cfg.workers is not None and cfg.workers != len(gpus):
             gpus = gpus[: cfg.workers]
         for dev in gpus:
+            # CUDA reads CUDA_VISIBLE_DEVICES at its first use, so the per-worker env is early enough.
             env = {"CUDA_VISIBLE_DEVICES": str(dev), "UNSAMFLOW_DEVICE": "cuda:0"}
             specs[f"gpu{dev}"] = {
                 "cls": Nanny,
@@ -61,13 +69,7 @@ def local_worker_specs(cfg: ClusterConfig) -> dict[str, dict]:
     if n < 1:
         raise BadInputError(f"--workers must be >= 1, got {n}")
     threads = str(max(1, cfg.threads_per_worker))
-    env = {
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-        "OPENBLAS_NUM_THREADS": threads,
-        "UNSAMFLOW_DEVICE": "cpu",
-        "UNSAMFLOW_TORCH_THREADS": threads,
-    }
+    env = {"UNSAMFLOW_DEVICE": "cpu", "UNSAMFLOW_TORCH_THREADS": threads}
     for i in range(n):
         specs[f"cpu{i}"] = {
             "cls": Nanny,
@@ -75,6 +77,20 @@ def local_worker_specs(cfg: ClusterConfig) -> dict[str, dict]:
                         "silence_logs": logging.WARNING},
         }
     return specs
+
+
+def pre_spawn_environ(cfg: ClusterConfig) -> dict[str, str]:
+    """Variables that must exist before a worker process starts (allocator, math-library threads)."""
+    import dask
+
+    threads = str(max(1, cfg.threads_per_worker))
+    return {
+        **{k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()},
+        **MALLOC_ENV,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+    }
 
 
 def slurm_cluster(options: dict):
@@ -102,8 +118,23 @@ def slurm_cluster(options: dict):
 
 
 @contextmanager
+def _environ(updates: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
 def open_cluster(cfg: ClusterConfig) -> Iterator:
     """Yield a connected distributed.Client; closes what it started (never a user's scheduler)."""
+    import dask
     from distributed import Client, Scheduler, SpecCluster
 
     if cfg.scheduler and cfg.slurm:
@@ -118,22 +149,29 @@ def open_cluster(cfg: ClusterConfig) -> Iterator:
         finally:
             client.close()
         return
-    if cfg.slurm:
-        cluster, jobs = slurm_cluster(cfg.slurm)
-        cluster.scale(jobs=jobs)
-    else:
-        scheduler = {
-            "cls": Scheduler,
-            "options": {"dashboard_address": cfg.dashboard, "dashboard": cfg.dashboard is not None},
-        }
-        cluster = SpecCluster(
-            workers=local_worker_specs(cfg), scheduler=scheduler, silence_logs=logging.WARNING
-        )
-    try:
-        client = Client(cluster)
+    # Dask takes each pre-spawn variable from os.environ when set there (an earlier cluster in this
+    # process leaves its values behind), else from its config: set both, for the cluster's whole life.
+    pre = pre_spawn_environ(cfg)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": pre}), _environ(pre):
+        if cfg.slurm:
+            cluster, jobs = slurm_cluster(cfg.slurm)
+            cluster.scale(jobs=jobs)
+        else:
+            scheduler = {
+                "cls": Scheduler,
+                "options": {
+                    "dashboard_address": cfg.dashboard or ":0",
+                    "dashboard": cfg.dashboard is not None,
+                },
+            }
+            cluster = SpecCluster(
+                workers=local_worker_specs(cfg), scheduler=scheduler, silence_logs=logging.WARNING
+            )
         try:
-            yield client
+            client = Client(cluster)
+            try:
+                yield client
+            finally:
+                client.close()
         finally:
-            client.close()
-    finally:
-        cluster.close()
+            cluster.close()

@@ -9,6 +9,7 @@ reruns the task elsewhere, and a later run skips every complete shard.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,12 +39,10 @@ def worker_segmenter(spec: SegmenterSpec) -> Segmenter:
         from pipeline.segmenters import build_segmenter
 
         _CACHE.clear()
-        threads = os.environ.get("UNSAMFLOW_TORCH_THREADS")
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
         seg = _CACHE[key] = build_segmenter(spec)
+        threads = os.environ.get("UNSAMFLOW_TORCH_THREADS")
+        if threads and "torch" in sys.modules:  # only segmenters that use torch pay for importing it
+            sys.modules["torch"].set_num_threads(int(threads))
     return seg
 
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from pipeline.cluster import ClusterConfig, local_worker_specs, open_cluster, slurm_cluster
+from pipeline.cluster import MALLOC_ENV, ClusterConfig, local_worker_specs, open_cluster, slurm_cluster
 from pipeline.errors import BadInputError
 
 
@@ -17,12 +17,22 @@ def test_local_gpu_workers_are_pinned_one_per_device():
     assert sorted(seen.values()) == [("3", "cuda:0"), ("5", "cuda:0")]
 
 
-def test_local_cpu_workers_limit_math_threads():
-    specs = local_worker_specs(ClusterConfig(workers=3, threads_per_worker=2, gpus=[]))
-    assert len(specs) == 3
-    for spec in specs.values():
-        assert spec["options"]["nthreads"] == 2
-        assert spec["options"]["env"]["OMP_NUM_THREADS"] == "2"
+def _start_environment() -> list[bytes]:
+    with open("/proc/self/environ", "rb") as f:
+        return f.read().split(b"\0")
+
+
+def test_local_cpu_workers_limit_math_threads_and_tune_malloc_before_start():
+    cfg = ClusterConfig(workers=2, threads_per_worker=2, gpus=[], dashboard=None)
+    specs = local_worker_specs(cfg)
+    assert len(specs) == 2 and all(s["options"]["nthreads"] == 2 for s in specs.values())
+    with open_cluster(cfg) as client:
+        client.wait_for_workers(2)
+        # glibc only honours these when they are in the environment at process start
+        seen = client.run(_start_environment)
+    for env in seen.values():
+        assert b"OMP_NUM_THREADS=2" in env
+        assert f"MALLOC_TRIM_THRESHOLD_={MALLOC_ENV['MALLOC_TRIM_THRESHOLD_']}".encode() in env
 
 
 def test_unreachable_scheduler_is_a_clear_error():

@@ -65,7 +65,9 @@ def photometric_level(
     return loss / (visible1.mean() + 1e-6)
 
 
-def occlusion_masks(flow12: torch.Tensor, flow21: torch.Tensor, method: str | None):
+def occlusion_masks(
+    flow12: torch.Tensor, flow21: torch.Tensor, method: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(occ1, occ2), 1 = occluded, by "range" (splat of the other frame), "fb" (consistency) or None."""
     if method is None:
         z = torch.zeros_like(flow12[:, :1])

@@ -13,7 +13,9 @@ def _dy(t: torch.Tensor) -> torch.Tensor:
     return t[..., 1:, :] - t[..., :-1, :]
 
 
-def image_edge_weights(image: torch.Tensor, alpha: float = 10.0, step: int = 1):
+def image_edge_weights(
+    image: torch.Tensor, alpha: float = 10.0, step: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights (wx, wy) = exp(-alpha * mean |image gradient|) over `step`-pixel differences.
 
     step 1 fits first-order terms; step 2 fits second-order terms (which span two pixels).
@@ -23,7 +25,9 @@ def image_edge_weights(image: torch.Tensor, alpha: float = 10.0, step: int = 1):
     return torch.exp(-alpha * gx), torch.exp(-alpha * gy)
 
 
-def seg_edge_weights(seg: torch.Tensor, step: int = 1, dtype=torch.float32):
+def seg_edge_weights(
+    seg: torch.Tensor, step: int = 1, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights (wx, wy): 1 inside a region, 0 across a label boundary. seg: (B, 1, H, W) labels."""
     wx = (seg[..., :, step:] == seg[..., :, :-step]).to(dtype)
     wy = (seg[..., step:, :] == seg[..., :-step, :]).to(dtype)
