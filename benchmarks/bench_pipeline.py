@@ -62,7 +62,7 @@ def main() -> None:
              "seconds": t_seg, "frames_per_s": len(manifest.frames) / t_seg}]
     work = Path(tempfile.mkdtemp(prefix="unsamflow-bench-"))
     try:
-        shards = write_shards(manifest, 8, work / "shards")
+        shards = write_shards(manifest, int(os.environ.get("BENCH_SHARDS", 8)), work / "shards")
         walls = {}
         for workers in (1, 2):
             t0 = time.perf_counter()
@@ -76,7 +76,8 @@ def main() -> None:
             rows.append({"setting": f"segment, {workers} worker(s)", "frames": res.frames,
                          "seconds": res.wall_s, "frames_per_s": res.frames / res.wall_s,
                          "overhead_vs_segmenter_pct": 100 * (res.wall_s * workers / t_seg - 1),
-                         "segmenter_in_workers_s": res.segmenter_s, "cluster_startup_s": startup})
+                         "segmenter_in_workers_s": res.segmenter_s,
+                         "tasks_s": res.task_s, "build_s": res.build_s, "cluster_startup_s": startup})
         rows.append({"setting": "speedup 2 workers vs 1", "seconds": walls[1] / walls[2]})
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,13 +66,15 @@ def records_to_arrays(records: list[dict], shape: tuple[int, int]) -> tuple[np.n
     return masks, bboxes
 
 
-def _emit(event: dict) -> None:
+def _progress_sink():
+    """A thread-safe callable publishing progress events to the client (a no-op outside Dask)."""
     try:
         from distributed import get_worker
 
-        get_worker().log_event(PROGRESS_TOPIC, event)
-    except ValueError:  # not inside a Dask worker (direct call): nobody is listening
-        pass
+        worker = get_worker()
+    except ValueError:  # called directly, not as a Dask task: nobody is listening
+        return lambda event: None
+    return lambda event: worker.log_event(PROGRESS_TOPIC, event)
 
 
 def remove_stale_temps(store_path: Path) -> None:
@@ -96,8 +99,6 @@ def read_ahead(shard: Manifest):
 
     Decoding and hashing release the GIL, so on a GPU worker (or a spare core) reading costs no time.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     frames = shard.frames
     with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
         nxt = pool.submit(_read, shard, frames[0]) if frames else None
@@ -119,12 +120,15 @@ def segment_shard(
     from pipeline.store import StoreWriter
 
     t_start = time.perf_counter()
+    emit = _progress_sink()
     shard = Manifest.load(shard_file)
     seg = worker_segmenter(spec)
+    t_built = time.perf_counter()
     cfg = DeriveConfig.from_dict(derive_config)
     store_path = Path(store_file)
     remove_stale_temps(store_path)
-    stats = {"shard": store_path.name, "frames": 0, "masks": 0, "bad": {}, "segmenter_s": 0.0}
+    stats = {"shard": store_path.name, "frames": 0, "masks": 0, "bad": {}, "segmenter_s": 0.0,
+             "build_s": t_built - t_start}
     source = {
         "layout": shard.layout,
         "root": shard.root,
@@ -138,30 +142,36 @@ def segment_shard(
         source=source,
         shard=dict(shard.meta),
     ) as writer:
-        for frame, rgb, sha, reason in read_ahead(shard):
-            if reason is not None:
-                writer.add_bad(frame.id, reason)
-                stats["bad"][frame.id] = reason
-                _emit({"frame": frame.id, "masks": 0, "bad": reason})
-                continue
-            t0 = time.perf_counter()
-            records = seg(rgb)
-            stats["segmenter_s"] += time.perf_counter() - t0
-            masks, bboxes = records_to_arrays(records, rgb.shape[:2])
+        def finish(frame_id: str, shape: tuple[int, int], sha: str, records: list[dict]) -> None:
+            masks, bboxes = records_to_arrays(records, shape)
             boxes = tight_boxes(masks)  # once, for derive and the store's encoder
             full_seg, key_idx = derive(masks, bboxes, cfg, boxes)
-            writer.add_frame(
-                frame.id,
-                image_shape=rgb.shape[:2],
-                sha256=sha,
-                records=records,
-                full_seg=full_seg,
-                key_objects=key_idx,
-                boxes=boxes,
-            )
+            writer.add_frame(frame_id, image_shape=shape, sha256=sha, records=records,
+                             full_seg=full_seg, key_objects=key_idx, boxes=boxes)
             stats["frames"] += 1
             stats["masks"] += len(records)
-            _emit({"frame": frame.id, "masks": len(records), "bad": None})
+            emit({"frame": frame_id, "masks": len(records), "bad": None})
+
+        # Frame i is derived and written on a second thread while frame i + 1 is segmented: on a GPU
+        # worker (or a spare core) that work costs no wall time. One frame in flight bounds memory.
+        with ThreadPoolExecutor(1, thread_name_prefix="finish") as finisher:
+            pending = None
+            for frame, rgb, sha, reason in read_ahead(shard):
+                if reason is not None:
+                    if pending is not None:
+                        pending.result()
+                    pending = finisher.submit(writer.add_bad, frame.id, reason)
+                    stats["bad"][frame.id] = reason
+                    emit({"frame": frame.id, "masks": 0, "bad": reason})
+                    continue
+                t0 = time.perf_counter()
+                records = seg(rgb)
+                stats["segmenter_s"] += time.perf_counter() - t0
+                if pending is not None:
+                    pending.result()  # re-raises a failure of the previous frame here
+                pending = finisher.submit(finish, frame.id, rgb.shape[:2], sha, records)
+            if pending is not None:
+                pending.result()
         writer.commit()
     stats["task_s"] = time.perf_counter() - t_start
     return stats
@@ -180,7 +190,9 @@ class SegmentResult:
     masks: int = 0
     bad: dict[str, str] = field(default_factory=dict)  # frame id -> reason
     wall_s: float = 0.0
-    segmenter_s: float = 0.0
+    segmenter_s: float = 0.0  # inside the segmenter's calls, summed over workers
+    task_s: float = 0.0  # inside shard tasks (read, segment, derive, write), summed over workers
+    build_s: float = 0.0  # building segmenters (imports, weights), summed over workers
     dashboard: str | None = None
 
     def summary(self) -> str:
@@ -189,7 +201,8 @@ class SegmentResult:
             f"shards: {self.shards} ({self.written} written, {self.skipped} already complete, "
             f"{len(self.failed)} failed)",
             f"frames: {self.frames} segmented, {len(self.bad)} bad; masks: {self.masks}",
-            f"time: {self.wall_s:.1f} s wall, {rate:.2f} frames/s; segmenter {self.segmenter_s:.1f} s",
+            f"time: {self.wall_s:.1f} s wall, {rate:.2f} frames/s; summed over workers: segmenter "
+            f"{self.segmenter_s:.1f} s of {self.task_s:.1f} s in tasks (+{self.build_s:.1f} s building it)",
         ]
         for frame, reason in sorted(self.bad.items()):
             lines.append(f"  bad frame {frame}: {reason}")
@@ -318,6 +331,8 @@ def segment_shards(
             res.masks += stats["masks"]
             res.bad.update(stats["bad"])
             res.segmenter_s += stats["segmenter_s"]
+            res.task_s += stats["task_s"]
+            res.build_s += stats["build_s"]
     finally:
         res.wall_s = time.perf_counter() - t0
         client.unsubscribe_topic(PROGRESS_TOPIC)
