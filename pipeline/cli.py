@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ReportingGroup
 
 
-class _Group(click.Group):
-    """Turns PipelineError into one clear line and a non-zero exit instead of a traceback."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except PipelineError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="unsamflow")
 def main() -> None:
     """unsamflow mask pipeline: manifest -> shard -> segment -> derive -> index/verify -> show."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
+import click
+
 
 class PipelineError(Exception):
     """Base class: the CLI prints these as one clear line and exits non-zero."""
@@ -25,3 +29,14 @@ class BadFrameError(PipelineError):
 
 class StoreError(PipelineError):
     """A mask store is missing, corrupt, or inconsistent with its siblings."""
+
+
+class ReportingGroup(click.Group):
+    """A click group that prints a PipelineError as one line and exits 2, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PipelineError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)

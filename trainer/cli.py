@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from pipeline.errors import ReportingGroup
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="unsamflow")
 def main() -> None:
     """unsamflow trainer: SAM-guided unsupervised optical flow."""
