@@ -117,6 +117,8 @@ def segment_shard(
     """Dask task: segment one shard into one store. Returns the shard's statistics."""
     from pipeline.derive import DeriveConfig, derive
     from pipeline.mask_codec import tight_boxes
+    from pipeline.segmenters import BUILTIN_SEGMENTERS
+    from pipeline.segmenters.base import check_records
     from pipeline.store import StoreWriter
 
     t_start = time.perf_counter()
@@ -125,6 +127,7 @@ def segment_shard(
     seg = worker_segmenter(spec)
     t_built = time.perf_counter()
     cfg = DeriveConfig.from_dict(derive_config)
+    check = spec.name not in BUILTIN_SEGMENTERS
     store_path = Path(store_file)
     remove_stale_temps(store_path)
     stats = {"shard": store_path.name, "frames": 0, "masks": 0, "bad": {}, "segmenter_s": 0.0,
@@ -167,6 +170,8 @@ def segment_shard(
                 t0 = time.perf_counter()
                 records = seg(rgb)
                 stats["segmenter_s"] += time.perf_counter() - t0
+                if check:  # a plug-in's records must not reach the store malformed
+                    check_records(records, rgb.shape[:2], spec.name)
                 if pending is not None:
                     pending.result()  # re-raises a failure of the previous frame here
                 pending = finisher.submit(finish, frame.id, rgb.shape[:2], sha, records)

@@ -237,3 +237,27 @@ def test_run_from_a_config_file_and_missing_frames_are_bad(shared_data, tmp_path
     cfg.write_text("shardz: 3\n")
     bad = CliRunner().invoke(main, ["run", "--config", str(cfg)])
     assert bad.exit_code != 0 and "unknown keys ['shardz']" in bad.output
+
+
+def test_third_party_segmenter_by_module_factory(shared_data, tmp_path):
+    """A plug-in runs on the cluster like a built-in; malformed records are refused, named."""
+    frames = small_frames(shared_data, tmp_path / "data" / "judo", n=2, scale=0.25)
+    manifest = Manifest("folder", str(tmp_path / "data"), [Frame(f"judo/{p.name}", "judo") for p in frames],
+                        meta={"shard": 0, "num_shards": 1})
+    shard = manifest.save(tmp_path / "shards" / "shard-00000-of-00001.json")
+    good = SegmenterSpec("plugin_segmenter:make_grid", {"k": 3})
+    with open_cluster(ClusterConfig(workers=1, dashboard=None)) as client:
+        res = segment_shards([shard], tmp_path / "stores", good, DeriveConfig().to_dict(), client,
+                             progress=False)
+        assert res.written == 1 and res.masks == 18, res.summary()
+        ms = MaskStore(tmp_path / "stores" / "shard-00000-of-00001.h5")
+        assert ms.segmenter["name"] == "grid" and ms.segmenter["config"] == {"k": 3}
+        assert ms.read(0).full_seg.max() == 8
+        ms.close()
+        bad = SegmenterSpec("plugin_segmenter:make_grid", {"lie_about_area": True})
+        res = segment_shards([shard], tmp_path / "bad", bad, DeriveConfig().to_dict(), client,
+                             retries=0, progress=False)
+    assert res.written == 0
+    [err] = res.failed.values()
+    assert "plugin_segmenter:make_grid" in err and "area" in err
+    assert not list((tmp_path / "bad").glob("*.h5"))

@@ -22,6 +22,7 @@ from pipeline.errors import BadInputError
 from pipeline.segmenters.base import RECORD_KEYS, Segmenter, SegmenterSpec
 
 __all__ = [
+    "BUILTIN_SEGMENTERS",
     "DEFAULT_SEGMENTER",
     "ENTRY_POINT_GROUP",
     "RECORD_KEYS",
@@ -42,6 +43,9 @@ _BUILTINS = {
     "graph": "pipeline.segmenters.graph:GraphSegmenter",
     "sam": "pipeline.segmenters.sam:SamSegmenter",
 }
+
+
+BUILTIN_SEGMENTERS = frozenset(_BUILTINS)  # their records are trusted; plug-ins' are checked
 
 
 def available_segmenters() -> list[str]:

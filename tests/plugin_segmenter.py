@@ -1,0 +1,38 @@
+"""A third-party segmenter as a user would write one, loaded as 'plugin_segmenter:make_grid'."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class GridSegmenter:
+    """Splits the frame into a k x k grid of masks (a stand-in for any SAM-style model)."""
+
+    name = "grid"
+    version = "1"
+
+    def __init__(self, k: int = 2, lie_about_area: bool = False):
+        self.k = k
+        self.lie = lie_about_area
+
+    def config(self) -> dict:
+        return {"k": self.k}
+
+    def __call__(self, image: np.ndarray) -> list[dict]:
+        h, w = image.shape[:2]
+        out = []
+        for i in range(self.k):
+            for j in range(self.k):
+                m = np.zeros((h, w), bool)
+                y0, y1 = i * h // self.k, (i + 1) * h // self.k
+                x0, x1 = j * w // self.k, (j + 1) * w // self.k
+                m[y0:y1, x0:x1] = True
+                out.append({"segmentation": m, "area": int(m.sum()) + (7 if self.lie else 0),
+                            "bbox": [x0, y0, x1 - 1 - x0, y1 - 1 - y0], "predicted_iou": 1.0,
+                            "stability_score": 1.0, "point_coords": [[(x0 + x1) / 2, (y0 + y1) / 2]],
+                            "crop_box": [0, 0, w, h]})
+        return out
+
+
+def make_grid(k: int = 2, lie_about_area: bool = False) -> GridSegmenter:
+    return GridSegmenter(k, lie_about_area)
