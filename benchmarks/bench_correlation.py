@@ -12,26 +12,13 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import write_results
-from trainer.model.correlation import correlation
+from trainer.model.correlation import correlation, correlation_reference
 
 LEVELS = [(32, 64, 208), (64, 32, 104), (96, 16, 52), (128, 8, 26), (192, 4, 13)]  # (C, H, W) at 1/4..1/64
 BATCH = 8
 REPEATS = 5
-
-
-def correlation_reference(x1: torch.Tensor, x2: torch.Tensor, r: int = 4) -> torch.Tensor:
-    """The definition, one shift at a time (what the public reference falls back to without CUDA)."""
-    _, _, h, w = x1.shape
-    x2p = F.pad(x2, (r, r, r, r))
-    shifts = [
-        (x1 * x2p[:, :, dy : dy + h, dx : dx + w]).mean(dim=1)
-        for dy in range(2 * r + 1)
-        for dx in range(2 * r + 1)
-    ]
-    return torch.stack(shifts, dim=1)
 
 
 def _fwd_bwd(fn, x1: torch.Tensor, x2: torch.Tensor, grad: torch.Tensor) -> tuple[float, torch.Tensor]:

@@ -62,7 +62,7 @@ def main() -> None:
              "seconds": t_seg, "frames_per_s": len(manifest.frames) / t_seg}]
     work = Path(tempfile.mkdtemp(prefix="unsamflow-bench-"))
     try:
-        shards = write_shards(manifest, int(os.environ.get("BENCH_SHARDS", 8)), work / "shards")
+        shards = write_shards(manifest, 16, work / "shards")  # several per worker
         walls = {}
         for workers in (1, 2):
             t0 = time.perf_counter()

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks.common import write_results
-from pipeline.synthetic import SceneConfig, config_for, make_scene, write_sequence
+from pipeline.synthetic_dataset import write_sequence
+from pipeline.synthetic_scenes import SceneConfig, config_for, make_scene
 
 SEEDS = range(5)
 NOTES = (

@@ -20,11 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from pipeline.errors import BadFrameError, BadInputError
-from pipeline.flow_io import read_flo, read_flow, read_mask_png
+from pipeline.flow_io import read_flo, read_flow, read_label_png, read_mask_png
 from pipeline.images import read_rgb
 from pipeline.manifest import Manifest, Pair
 
@@ -114,7 +113,7 @@ class FlowDataset:
         return valid_occ & ~valid_noc
 
     def _synthetic_extras(self, pair: Pair, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-        from pipeline.synthetic import gt_paths  # only synthetic sets need the generator's names
+        from pipeline.synthetic_dataset import gt_paths  # only synthetic sets need the generator's names
 
         out: dict[str, np.ndarray] = {}
         for key, rel in gt_paths(pair.frame1, pair.frame2).items():
@@ -126,19 +125,8 @@ class FlowDataset:
             elif key == "occ_bw":
                 out[key] = read_mask_png(path, shape)
             else:
-                out[key] = read_instances(path, shape)
+                out[key] = read_label_png(path, shape)
         return out
-
-
-def read_instances(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """A 16-bit (or 8-bit) instance-id PNG as H x W uint16."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None or img.ndim != 2 or img.dtype not in (np.uint8, np.uint16):
-        raise BadInputError(f"{path}: not a single-channel 8/16-bit instance PNG")
-    if shape is not None and img.shape != tuple(shape):
-        want = f"{shape[1]}x{shape[0]}"
-        raise BadInputError(f"{path}: instances are {img.shape[1]}x{img.shape[0]}, expected {want}")
-    return img.astype(np.uint16)
 
 
 def open_dataset(name: str, root: str | Path, gt_only: bool = False, **options: Any) -> FlowDataset:

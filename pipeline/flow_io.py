@@ -1,4 +1,4 @@
-"""Flow files on disk: Middlebury/Sintel `.flo`, KITTI 16-bit PNG, and Sintel-style 0/255 mask PNGs.
+"""Flow files on disk: Middlebury/Sintel `.flo`, KITTI 16-bit PNG, Sintel-style 0/255 mask PNGs, label PNGs.
 
 Every reader returns `(flow, valid)`: flow is H x W x 2 float32 (u, v) with unknown pixels set to 0
 (so arithmetic on it is always finite), valid is H x W bool. Every format error raises
@@ -12,12 +12,12 @@ format cannot hold more.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pipeline.atomic import write_bytes_atomic
 from pipeline.errors import BadInputError
 
 FLO_MAGIC = 202021.25
@@ -69,13 +69,7 @@ def write_flo(path: str | Path, flow: np.ndarray, valid: np.ndarray | None = Non
 # -- KITTI 16-bit PNG ------------------------------------------------------------------------------
 def read_kitti_flow(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a KITTI flow PNG (16-bit, 3 channels): (flow H x W x 2 float32, valid H x W bool)."""
-    data = _read_bytes(path)
-    # IMREAD_UNCHANGED keeps 16 bits (Pillow silently reduces these files to 8 bits).
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if img is None:
-        raise BadInputError(f"{path}: cannot decode as PNG (empty, corrupt or truncated)")
-    if img.dtype != np.uint16:
-        raise BadInputError(f"{path}: KITTI flow PNG must be 16-bit, this one is {img.dtype}")
+    img = _read_png(path, "KITTI flow PNG", np.uint16)
     if img.ndim != 3 or img.shape[2] != 3:
         chans = 1 if img.ndim == 2 else img.shape[2]
         raise BadInputError(f"{path}: KITTI flow PNG must have 3 channels, this one has {chans}")
@@ -99,21 +93,13 @@ def write_kitti_flow(path: str | Path, flow: np.ndarray, valid: np.ndarray | Non
     img = np.zeros((h, w, 3), np.uint16)
     img[..., 2], img[..., 1], img[..., 0] = q[..., 0], q[..., 1], ok.astype(np.uint16)
     img[~ok, 1:] = KITTI_OFFSET  # invalid pixels hold zero flow, as KITTI's own files do
-    success, buf = cv2.imencode(".png", img)
-    if not success:
-        raise BadInputError(f"{path}: PNG encoding failed")
-    return write_bytes_atomic(path, buf.tobytes())
+    return write_png_atomic(path, img)
 
 
 # -- masks ---------------------------------------------------------------------------------------
 def read_mask_png(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a Sintel-style 8-bit mask PNG (occlusions/, invalid/): True where the pixel is > 127."""
-    data = _read_bytes(path)
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if img is None:
-        raise BadInputError(f"{path}: cannot decode mask PNG (empty, corrupt or truncated)")
-    if img.dtype != np.uint8:
-        raise BadInputError(f"{path}: mask PNG must be 8-bit, this one is {img.dtype}")
+    img = _read_png(path, "mask PNG", np.uint8)
     if img.ndim == 3:
         img = img[..., 0]
     if shape is not None and img.shape != tuple(shape):
@@ -126,10 +112,22 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise BadInputError(f"{path}: mask must be H x W, got shape {mask.shape}")
-    ok, buf = cv2.imencode(".png", mask.astype(np.uint8) * 255)
-    if not ok:
-        raise BadInputError(f"{path}: PNG encoding failed")
-    return write_bytes_atomic(path, buf.tobytes())
+    return write_png_atomic(path, mask.astype(np.uint8) * 255)
+
+
+def read_label_png(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A label map (instance ids, a full segmentation) as a single-channel 8/16-bit PNG: H x W uint16."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise BadInputError(f"{path}: cannot read as an image")
+    if img.ndim != 2 or img.dtype not in (np.uint8, np.uint16):
+        raise BadInputError(
+            f"{path}: a label map must be a single-channel 8/16-bit PNG, got shape {img.shape} {img.dtype}"
+        )
+    if shape is not None and img.shape != tuple(shape):
+        want = f"{shape[1]}x{shape[0]}"
+        raise BadInputError(f"{path}: labels are {img.shape[1]}x{img.shape[0]}, expected {want}")
+    return img.astype(np.uint16)
 
 
 # -- dispatch by extension -------------------------------------------------------------------------
@@ -154,6 +152,27 @@ def write_flow(path: str | Path, flow: np.ndarray, valid: np.ndarray | None = No
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def write_png_atomic(path: str | Path, img: np.ndarray) -> Path:
+    """Write an image as PNG exactly as given (8 or 16 bits; colour in OpenCV's BGR order), atomically."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise BadInputError(f"{path}: PNG encoding failed")
+    return write_bytes_atomic(path, buf.tobytes())
+
+
+def _read_png(path: str | Path, kind: str, dtype: type) -> np.ndarray:
+    """A PNG decoded as stored (OpenCV's BGR order), refused unless it holds `dtype` values."""
+    data = _read_bytes(path)
+    # IMREAD_UNCHANGED keeps 16 bits (Pillow silently reduces KITTI's files to 8 bits).
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None:
+        raise BadInputError(f"{path}: cannot decode {kind} (empty, corrupt or truncated)")
+    if img.dtype != dtype:
+        bits = 8 * np.dtype(dtype).itemsize
+        raise BadInputError(f"{path}: {kind} must be {bits}-bit, this one is {img.dtype}")
+    return img
+
+
 def _split_unknown(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore"):
         valid = (np.abs(flow) <= FLO_UNKNOWN_THRESH).all(axis=2)  # NaN compares False -> invalid
@@ -183,12 +202,3 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, ...], path: str | Path) -> n
         raise BadInputError(f"{path}: valid mask shape {mask.shape} does not match flow {tuple(shape)}")
     return mask
 
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write under a temporary name, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path

@@ -18,11 +18,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    """Content hash of a file (the store keeps it per frame to detect changed sources)."""
-    return sha256_bytes(Path(path).read_bytes())
-
-
 def decode_rgb(data: bytes, name: str) -> np.ndarray:
     """Decode image bytes to H x W x 3 uint8 RGB.
 

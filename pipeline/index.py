@@ -8,10 +8,10 @@ so that a stale index (a store rewritten by `derive`, or replaced) is refused ra
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.atomic import write_bytes_atomic
 from pipeline.errors import StoreError
 from pipeline.store import FrameMasks, MaskStore
 
@@ -118,11 +118,7 @@ class Index:
 
     def save(self) -> Path:
         """Write `index.json` atomically into the store directory."""
-        path = self.store_dir / INDEX_NAME
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=0))
-        os.replace(tmp, path)
-        return path
+        return write_bytes_atomic(self.store_dir / INDEX_NAME, json.dumps(self.to_dict(), indent=0).encode())
 
     @classmethod
     def load(cls, store_dir: str | Path, check_stale: bool = True) -> Index:

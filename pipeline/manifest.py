@@ -8,10 +8,10 @@ too (a subset of frames with `meta["shard"]`), so one format serves every stage.
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from pipeline.atomic import write_bytes_atomic
 from pipeline.errors import BadInputError
 
 FORMAT = "unsamflow-manifest"
@@ -67,18 +67,14 @@ class Manifest:
             "layout": self.layout,
             "root": self.root,
             "meta": self.meta,
-            "frames": [asdict(f) for f in self.frames],
-            "pairs": [{k: v for k, v in asdict(p).items() if v is not None} for p in self.pairs],
+            # vars(), not dataclasses.asdict: asdict dominates the cost on manifests of 10^5 frames.
+            "frames": [dict(vars(f)) for f in self.frames],
+            "pairs": [{k: v for k, v in vars(p).items() if v is not None} for p in self.pairs],
         }
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary name, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_bytes_atomic(path, json.dumps(self.to_dict(), indent=1).encode())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<manifest>") -> Manifest:

@@ -78,18 +78,6 @@ def decode_mask(shape: tuple[int, int], box, runs: np.ndarray, out: np.ndarray |
     return out
 
 
-def encode_masks(masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """N masks -> (boxes (N, 4) int32 y x h w, all run lengths back to back, (N,) run counts)."""
-    boxes = np.zeros((len(masks), 4), np.int32)
-    counts = np.zeros(len(masks), np.int64)
-    parts = []
-    for i, m in enumerate(masks):
-        boxes[i], runs = encode_mask(m)
-        counts[i] = runs.size
-        parts.append(runs)
-    return boxes, (np.concatenate(parts) if parts else np.zeros(0, RUN_DTYPE)), counts
-
-
 def decode_masks(shape: tuple[int, int], boxes: np.ndarray, runs: np.ndarray, starts: np.ndarray,
                  counts: np.ndarray) -> np.ndarray:
     """N masks as (N, H, W) bool; mask i's runs are runs[starts[i] : starts[i] + counts[i]]."""

@@ -79,7 +79,9 @@ def _progress_sink():
 
 def remove_stale_temps(store_path: Path) -> None:
     """Temp files of this store left by a killed writer (the final name is never partial)."""
-    for tmp in store_path.parent.glob(f".{store_path.name}.tmp-*"):
+    from pipeline.atomic import stale_temps
+
+    for tmp in stale_temps(store_path):
         tmp.unlink(missing_ok=True)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 
@@ -33,15 +31,20 @@ def draw_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.55) -> np.
     return out
 
 
+def label_edges(labels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels whose left or upper neighbour has another label."""
+    edges = np.zeros(labels.shape, bool)
+    edges[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edges[1:, :] |= labels[1:, :] != labels[:-1, :]
+    return edges
+
+
 def draw_labels(full_seg: np.ndarray) -> np.ndarray:
     """A label map in colour; background (0) black, region borders white."""
     colours = label_colours(int(full_seg.max()) + 1)
     colours[0] = 0
     out = colours[full_seg]
-    edges = np.zeros(full_seg.shape, bool)
-    edges[:, 1:] |= full_seg[:, 1:] != full_seg[:, :-1]
-    edges[1:, :] |= full_seg[1:, :] != full_seg[:-1, :]
-    out[edges] = 255
+    out[label_edges(full_seg)] = 255
     return out
 
 
@@ -77,13 +80,6 @@ def frame_picture(image, masks, bboxes, full_seg, keys, frame_id: str, max_width
         size = (max_width, round(h * max_width / w))
         panels = [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in panels]
     return np.hstack(panels)
-
-
-def save_png(path: Path, rgb: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), rgb[:, :, ::-1]):
-        raise OSError(f"cannot write {path}")
-    return path
 
 
 def safe_name(frame_id: str) -> str:

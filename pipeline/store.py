@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 
 from pipeline import mask_codec
+from pipeline.atomic import temp_path
 from pipeline.errors import StoreError
 
 FORMAT_NAME = "unsamflow-masks"
@@ -114,11 +115,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def temp_path(path: Path) -> Path:
-    """Where a writer in this process builds `path`; readers and build_index ignore such names."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def _seg_dtype(max_label: int) -> np.dtype:

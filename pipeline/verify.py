@@ -16,6 +16,7 @@ from tqdm import tqdm
 from pipeline.errors import BadInputError, StoreError
 from pipeline.index import check_same_producer, store_files
 from pipeline.manifest import Manifest
+from pipeline.mask_codec import tight_box
 from pipeline.store import FrameMasks, MaskStore
 
 HASH_BLOCK = 1 << 20
@@ -48,13 +49,11 @@ def stream_sha256(path: Path) -> str:
 def bbox_consistent(bbox: np.ndarray, mask: np.ndarray) -> bool:
     """XYWH bbox matches the mask's extent, in either convention (w = x_max - x_min, as SAM
     writes it, or the pixel count x_max - x_min + 1); an empty mask has an all-zero bbox."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    ty, tx, th, tw = tight_box(mask)
+    if th == 0:
         return not np.any(bbox)
-    cols = np.flatnonzero(mask.any(axis=0))
     x, y, w, h = (int(v) for v in bbox)
-    span_w, span_h = int(cols[-1] - cols[0]), int(rows[-1] - rows[0])
-    return x == cols[0] and y == rows[0] and w in (span_w, span_w + 1) and h in (span_h, span_h + 1)
+    return x == tx and y == ty and w in (tw - 1, tw) and h in (th - 1, th)
 
 
 def check_frame(fm: FrameMasks) -> list[str]:

@@ -13,3 +13,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"../shared/data not found at {SHARED_DATA}; set UNSAMFLOW_SHARED_DATA")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: tiny tensors gain nothing from intra-op threads, and on a
+    shared 2-core box they lose a lot. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,28 +9,9 @@ import torch.nn.functional as F
 
 from pipeline.errors import BadInputError
 from pipeline.images import read_rgb
-from trainer.model.correlation import correlation
+from trainer.model.correlation import correlation, correlation_reference
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core box they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def correlation_reference(x1: torch.Tensor, x2: torch.Tensor, r: int = 4) -> torch.Tensor:
-    """The definition: for each (dy, dx), row-major, the channel mean of x1 * (x2 shifted, zero outside)."""
-    _, _, h, w = x1.shape
-    x2p = F.pad(x2, (r, r, r, r))
-    shifts = [
-        (x1 * x2p[:, :, dy : dy + h, dx : dx + w]).mean(dim=1)
-        for dy in range(2 * r + 1)
-        for dx in range(2 * r + 1)
-    ]
-    return torch.stack(shifts, dim=1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _both(x1, x2, grad, **kw):

@@ -11,6 +11,8 @@ from pipeline.errors import BadInputError
 from pipeline.images import read_rgb
 from trainer.model import PWCLite, downsample_labels, region_max
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def region_max_loop(feat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The definition, one image and one region at a time."""
@@ -20,15 +22,6 @@ def region_max_loop(feat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             inside = labels[n] == label
             out[n][:, inside] = feat[n][:, inside].amax(dim=1, keepdim=True)
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core box they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ def test_worker_killed_mid_shard_on_external_cluster(shared_data, tmp_path):
     from distributed import Client
 
     root = tmp_path / "data"
-    small_frames(shared_data, root / "judo", n=10, scale=1.0)
+    small_frames(shared_data, root / "judo", n=10, scale=1.0)  # ~0.3 s each: a shard of ~3 s
     manifest = Manifest("folder", str(root), [Frame(f"judo/{p.name}", "judo")
                                               for p in sorted((root / "judo").glob("*.png"))],
                         meta={"shard": 0, "num_shards": 1})
@@ -176,17 +176,21 @@ def test_worker_killed_mid_shard_on_external_cluster(shared_data, tmp_path):
         stores = tmp_path / "stores"
         with Client(address) as watcher:
             watcher.wait_for_workers(1, timeout=60)
-            killed = {}
+            killed: dict = {}
 
             def kill_when_writing():
-                while not list(stores.glob(".*.tmp-*")):
-                    time.sleep(0.05)
-                time.sleep(0.5)  # a few frames into the shard
-                assert not list(stores.glob("*.h5")), "a partial store must never be visible"
-                pids = watcher.run(os.getpid)
-                for pid in pids.values():
-                    os.kill(pid, signal.SIGKILL)
-                killed["pids"] = pids
+                try:
+                    deadline = time.monotonic() + 120
+                    while not list(stores.glob(".*.tmp-*")) and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    time.sleep(0.2)  # a frame or so into the shard
+                    killed["visible_before_kill"] = sorted(p.name for p in stores.glob("*.h5"))
+                    pids = watcher.run(os.getpid)
+                    for pid in pids.values():
+                        os.kill(pid, signal.SIGKILL)
+                    killed["pids"] = pids
+                except Exception as exc:  # reported by the assertions below, not lost in the thread
+                    killed["error"] = repr(exc)
 
             import threading
 
@@ -196,7 +200,8 @@ def test_worker_killed_mid_shard_on_external_cluster(shared_data, tmp_path):
                 res = segment_shards([shard], stores, SegmenterSpec("graph"), DeriveConfig().to_dict(),
                                      client, retries=2, progress=False)
             t.join(timeout=5)
-        assert killed, "the worker was never killed"
+        assert "pids" in killed, f"the worker was never killed: {killed}"
+        assert killed["visible_before_kill"] == [], "a partial store must never be visible"
         assert res.written == 1 and not res.failed, res.summary()
         ms = MaskStore(stores / "shard-00000-of-00001.h5")
         assert sorted(ms.frame_ids) == sorted(manifest.frame_ids)  # every frame exactly once

@@ -14,7 +14,7 @@ from pipeline.flow_datasets import open_dataset
 from pipeline.layouts import scan
 from pipeline.manifest import Manifest
 from pipeline.segmenters.base import RECORD_KEYS
-from pipeline.synthetic import (
+from pipeline.synthetic_scenes import (
     Layer,
     Motion,
     Scene,

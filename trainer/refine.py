@@ -104,8 +104,8 @@ def refine_flow(
             f"flow has {bad} NaN/Inf values; mark unknown pixels with `valid` and give them finite values"
         )
     seg = _labels(full_seg, b, h, w)
-    usable = _mask(valid, "valid", b, h, w, default=True) & ~_mask(occ, "occ", b, h, w, default=False)
     occm = _mask(occ, "occ", b, h, w, default=False)
+    usable = _mask(valid, "valid", b, h, w, default=True) & ~occm
     kind, count = _parse_regions(regions, occ is not None)
     if not ransac_thresh > 0:
         raise BadInputError(f"ransac_thresh must be > 0 px, got {ransac_thresh}")
@@ -188,15 +188,19 @@ def _parse_regions(regions: str, have_occ: bool) -> tuple[str, int]:
     return kind, n
 
 
+def _as_bhw(x) -> torch.Tensor:
+    """An (H, W), (B, H, W) or (B, 1, H, W) array or tensor as (B, H, W); other shapes pass unchanged."""
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    if t.ndim == 4 and t.shape[1] == 1:
+        t = t[:, 0]
+    return t[None] if t.ndim == 2 else t
+
+
 def _labels(full_seg, b: int, h: int, w: int) -> torch.Tensor:
     """full_seg as (B, H, W) int64, checked: integral, non-negative, the flow's size."""
-    s = torch.as_tensor(np.asarray(full_seg) if not isinstance(full_seg, torch.Tensor) else full_seg)
+    s = _as_bhw(full_seg)
     if s.numel() == 0:
-        raise BadInputError(f"full_seg is empty (shape {tuple(s.shape)})")
-    if s.ndim == 4 and s.shape[1] == 1:
-        s = s[:, 0]
-    if s.ndim == 2:
-        s = s[None]
+        raise BadInputError(f"full_seg is empty (shape {tuple(np.shape(full_seg))})")
     if tuple(s.shape) != (b, h, w):
         raise BadInputError(f"full_seg has shape {tuple(full_seg.shape)} but the flow is {b} x {h} x {w}")
     if s.is_floating_point():
@@ -213,11 +217,7 @@ def _labels(full_seg, b: int, h: int, w: int) -> torch.Tensor:
 def _mask(m, name: str, b: int, h: int, w: int, default: bool) -> torch.Tensor:
     if m is None:
         return torch.full((b, h, w), default, dtype=torch.bool)
-    t = torch.as_tensor(np.asarray(m) if not isinstance(m, torch.Tensor) else m)
-    if t.ndim == 4 and t.shape[1] == 1:
-        t = t[:, 0]
-    if t.ndim == 2:
-        t = t[None]
+    t = _as_bhw(m)
     if tuple(t.shape) != (b, h, w):
         raise BadInputError(f"{name} mask has shape {tuple(m.shape)} but the flow is {b} x {h} x {w}")
     return t.to(torch.bool)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.errors import BadInputError
-from pipeline.layouts import LAYOUTS, check_expected, scan
+from pipeline.layouts import LAYOUTS, check_expected, counts, scan
 from pipeline.manifest import Manifest
 
 
@@ -30,11 +30,10 @@ def save_manifest(manifest: Manifest, out: Path) -> str:
 
 
 def summary(manifest: Manifest) -> str:
-    c = manifest.meta.get("counts", {})
+    c = counts(manifest)
     return (
-        f"{manifest.layout} {manifest.root}: {c.get('frames', len(manifest.frames))} frames in "
-        f"{c.get('sequences', len(manifest.sequences()))} sequences, {c.get('pairs', len(manifest.pairs))} "
-        f"pairs ({c.get('pairs_with_gt', 0)} with ground truth)"
+        f"{manifest.layout} {manifest.root}: {c['frames']} frames in {c['sequences']} sequences, "
+        f"{c['pairs']} pairs ({c['pairs_with_gt']} with ground truth)"
     )
 
 

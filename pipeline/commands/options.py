@@ -14,7 +14,7 @@ from pipeline.errors import BadInputError
 from pipeline.segmenters.base import SegmenterSpec
 
 
-def _parse_kv(items: tuple[str, ...], what: str) -> dict:
+def parse_kv(items: tuple[str, ...], what: str) -> dict:
     """KEY=VALUE pairs; VALUE is parsed as JSON when it can be (numbers, lists, true/false)."""
     out = {}
     for item in items:
@@ -41,7 +41,7 @@ def segmenter_options(f):
                        "(see `pipeline segmenters`).")
     @functools.wraps(f)
     def wrapper(*args, segmenter, checkpoint, model_type, seg_opts, **kwargs):
-        options = _parse_kv(seg_opts, "--segmenter-option")
+        options = parse_kv(seg_opts, "--segmenter-option")
         if checkpoint:
             segmenter = "sam" if segmenter == "graph" else segmenter
             options["checkpoint"] = str(Path(checkpoint).resolve())
@@ -102,7 +102,7 @@ def cluster_options(f):
     @functools.wraps(f)
     def wrapper(*args, workers, threads_per_worker, scheduler, slurm_jobs, slurm_opts, dashboard,
                 **kwargs):
-        slurm = _parse_kv(slurm_opts, "--slurm-option")
+        slurm = parse_kv(slurm_opts, "--slurm-option")
         if slurm_jobs:
             slurm["jobs"] = slurm_jobs
         elif slurm:

@@ -7,9 +7,10 @@ from pathlib import Path
 import click
 
 from pipeline.errors import BadInputError
+from pipeline.flow_viz import write_png
 from pipeline.images import read_rgb
 from pipeline.manifest import safe_join
-from pipeline.show import frame_picture, safe_name, save_png
+from pipeline.show import frame_picture, safe_name
 
 
 def render_frames(stores: Path, frame_ids: list[str], out: Path, root: Path | None = None) -> list[Path]:
@@ -24,7 +25,7 @@ def render_frames(stores: Path, frame_ids: list[str], out: Path, root: Path | No
         base = root or Path(store.source["root"])
         image, _ = read_rgb(safe_join(base, fid), fid)
         pic = frame_picture(image, fm.masks, fm.bbox, fm.full_seg, fm.key_objects, fid)
-        written.append(save_png(out / safe_name(fid), pic))
+        written.append(write_png(out / safe_name(fid), pic))
     return written
 
 

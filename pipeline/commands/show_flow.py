@@ -10,11 +10,11 @@ from pipeline.errors import BadInputError
 from pipeline.flow_datasets import FlowDataset
 from pipeline.flow_io import read_flow
 from pipeline.flow_viz import flow_panel, write_png
+from pipeline.layouts import LAYOUTS, scan
 
 
 @click.command("show-flow")
-@click.option("--layout", required=True, help="Dataset layout (sintel, kitti2015, kitti2012, middlebury, "
-              "folder, synthetic).")  # fmt: skip
+@click.option("--layout", required=True, help=f"Dataset layout: {', '.join(LAYOUTS)}.")
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--pair", "pair_index", type=int, default=None, help="Pair index in the scanned manifest.")
 @click.option("--frame", default=None, help="Frame id of the pair's first frame (instead of --pair).")
@@ -28,12 +28,11 @@ from pipeline.flow_viz import flow_panel, write_png
 def show_flow(layout: str, root: Path, pair_index: int | None, frame: str | None, pred: Path | None,
               out: Path, max_flow: float | None, layout_opts: tuple[str, ...]) -> None:  # fmt: skip
     """Draw a pair of a dataset with its ground-truth flow in the Middlebury colour wheel."""
-    from pipeline.commands.options import _parse_kv
-    from pipeline.layouts import scan
+    from pipeline.commands.options import parse_kv
 
     if pair_index is not None and frame is not None:
         raise BadInputError("give --pair or --frame, not both")
-    ds = FlowDataset(scan(layout, root, **_parse_kv(layout_opts, "--layout-option")))
+    ds = FlowDataset(scan(layout, root, **parse_kv(layout_opts, "--layout-option")))
     if not len(ds):
         raise BadInputError(f"{root}: the {layout} layout found no frame pairs")
     index = ds.index_of(frame) if frame is not None else (pair_index or 0)

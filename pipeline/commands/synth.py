@@ -1,4 +1,4 @@
-"""`pipeline synth`: generate synthetic scenes with exact ground truth (pipeline.synthetic)."""
+"""`pipeline synth`: generate synthetic scenes with exact ground truth (pipeline.synthetic_dataset)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ from pathlib import Path
 
 import click
 
-from pipeline.synthetic import DIFFICULTIES, generate_dataset, parse_size
+from pipeline.errors import BadInputError
+from pipeline.synthetic_dataset import generate_dataset
+from pipeline.synthetic_scenes import DIFFICULTIES
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'256x320' -> (256, 320) (height x width)."""
+    h, sep, w = text.lower().partition("x")
+    if not sep or not h.strip().isdigit() or not w.strip().isdigit():
+        raise BadInputError(f"--size must be HEIGHTxWIDTH, e.g. 256x320, got {text!r}")
+    return int(h), int(w)
 
 
 @click.command()

@@ -22,6 +22,7 @@ __all__ = [
     "Layout",
     "ScanResult",
     "check_expected",
+    "counts",
     "expected_for",
     "get_layout",
     "natural_key",
@@ -45,9 +46,9 @@ for _layout in (sintel.LAYOUT, kitti.KITTI2015, kitti.KITTI2012, middlebury.LAYO
 
 # --- more layouts: one `register(module.LAYOUT)` line each, with its import ---
 
-from pipeline.layouts import synthetic  # noqa: E402  (synthetic scenes: pipeline.synthetic)
+from pipeline.layouts import synthetic  # noqa: E402  (synthetic scenes: pipeline.synthetic_dataset)
 
-LAYOUTS[synthetic.LAYOUT.name] = synthetic.LAYOUT
+register(synthetic.LAYOUT)
 
 _MAX_IGNORED_EXAMPLES = 20
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,35 @@ def numbered_pairs(frames: list[tuple[int, Frame]]) -> list[tuple[Frame, Frame]]
     """
     ordered = sorted(frames, key=lambda nf: nf[0])
     return [(a, b) for (na, a), (nb, b) in zip(ordered, ordered[1:], strict=False) if nb == na + 1]
+
+
+def numbered_sequences(
+    root: Path, group: str, frame: re.Pattern[str], out: ScanResult
+) -> Iterator[tuple[str, list[tuple[Frame, Frame]]]]:
+    """(sequence folder name, consecutive frame pairs) for each sequence folder of root/group.
+
+    For layouts whose sequences are folders of numbered frames (`frame` matches a file name
+    and captures its number). Frames are added to out.frames in number order; stray files in
+    the group and non-matching names in a sequence go to out.ignored, and a missing group to
+    out.missing_dirs. The caller attaches each pair's ground truth.
+    """
+    if not (root / group).is_dir():
+        out.missing_dirs.append(group)
+        return
+    sequences, stray = list_dir(root, group)
+    out.ignored += [f"{group}/{name}" for name in stray]
+    for seq in sequences:
+        key = f"{group}/{seq}"
+        numbered: list[tuple[int, Frame]] = []
+        for name in list_dir(root, key)[1]:
+            m = frame.fullmatch(name)
+            if m is None:
+                out.ignored.append(f"{key}/{name}")
+                continue
+            numbered.append((int(m.group(1)), Frame(id=f"{key}/{name}", sequence=key)))
+        numbered.sort(key=lambda nf: nf[0])
+        out.frames += [f for _, f in numbered]
+        yield seq, numbered_pairs(numbered)
 
 
 def existing(root: Path, rel: str) -> str | None:

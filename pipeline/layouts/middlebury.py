@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.layouts.base import Layout, ScanResult, existing, list_dir, numbered_pairs
-from pipeline.manifest import Frame, Pair
+from pipeline.layouts.base import Layout, ScanResult, existing, numbered_sequences
+from pipeline.manifest import Pair
 
 _FRAME = re.compile(r"frame(\d+)\.png")
 
@@ -23,23 +23,8 @@ def _groups(options: dict[str, Any]) -> list[str]:
 def _scan(root: Path, options: dict[str, Any]) -> ScanResult:
     (group,) = _groups(options)
     out = ScanResult()
-    if not (root / group).is_dir():
-        out.missing_dirs.append(group)
-        return out
-    sequences, stray = list_dir(root, group)
-    out.ignored += [f"{group}/{name}" for name in stray]
-    for seq in sequences:
-        key = f"{group}/{seq}"
-        numbered: list[tuple[int, Frame]] = []
-        for name in list_dir(root, key)[1]:
-            m = _FRAME.fullmatch(name)
-            if m is None:
-                out.ignored.append(f"{key}/{name}")
-                continue
-            numbered.append((int(m.group(1)), Frame(id=f"{key}/{name}", sequence=key)))
-        numbered.sort(key=lambda nf: nf[0])
-        out.frames += [f for _, f in numbered]
-        for a, b in numbered_pairs(numbered):
+    for seq, pairs in numbered_sequences(root, group, _FRAME, out):
+        for a, b in pairs:
             gt = None
             if Path(a.id).name == "frame10.png":
                 gt = existing(root, f"other-gt-flow/{seq}/flow10.flo")

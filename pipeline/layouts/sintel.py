@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.layouts.base import Layout, ScanResult, existing, list_dir, numbered_pairs
-from pipeline.manifest import Frame, Pair
+from pipeline.layouts.base import Layout, ScanResult, existing, numbered_sequences
+from pipeline.manifest import Pair
 
 _FRAME = re.compile(r"frame_(\d+)\.png")
 PASSES = ("clean", "final", "albedo")
@@ -29,35 +29,24 @@ def _scan(root: Path, options: dict[str, Any]) -> ScanResult:
         out.missing_dirs.append(split)
         return out
     for group in _groups(options):
-        if not (root / group).is_dir():
-            out.missing_dirs.append(group)
-            continue
-        sequences, stray = list_dir(root, group)
-        out.ignored += [f"{group}/{name}" for name in stray]
-        for seq in sequences:
-            key = f"{group}/{seq}"
-            _, names = list_dir(root, key)
-            numbered: list[tuple[int, Frame]] = []
-            for name in names:
-                m = _FRAME.fullmatch(name)
-                if m is None:
-                    out.ignored.append(f"{key}/{name}")
-                    continue
-                frame = Frame(id=f"{key}/{name}", sequence=key)
-                out.frames.append(frame)
-                numbered.append((int(m.group(1)), frame))
-            for a, b in numbered_pairs(numbered):
-                stem = Path(a.id).stem  # frame_0002
-                out.pairs.append(
-                    Pair(
-                        a.id,
-                        b.id,
-                        flow=existing(root, f"{split}/flow/{seq}/{stem}.flo"),
-                        occlusion=existing(root, f"{split}/occlusions/{seq}/{stem}.png"),
-                        invalid=existing(root, f"{split}/invalid/{seq}/{stem}.png"),
-                    )
-                )
+        scan_pass(root, split, group, out)
     return out
+
+
+def scan_pass(root: Path, split: str, group: str, out: ScanResult) -> None:
+    """Frames and pairs of one pass folder (e.g. training/clean), with the split's ground truth."""
+    for seq, pairs in numbered_sequences(root, group, _FRAME, out):
+        for a, b in pairs:
+            stem = Path(a.id).stem  # frame_0002
+            out.pairs.append(
+                Pair(
+                    a.id,
+                    b.id,
+                    flow=existing(root, f"{split}/flow/{seq}/{stem}.flo"),
+                    occlusion=existing(root, f"{split}/occlusions/{seq}/{stem}.png"),
+                    invalid=existing(root, f"{split}/invalid/{seq}/{stem}.png"),
+                )
+            )
 
 
 LAYOUT = Layout(

@@ -6,28 +6,9 @@ import json
 from pathlib import Path
 
 import click
-import cv2
 import numpy as np
 
-from pipeline.errors import BadInputError, PipelineError
-
-
-class _UserError(click.ClickException):
-    """A PipelineError as one line and exit status 2, whichever group runs the command."""
-
-    exit_code = 2
-
-
-def read_label_png(path: str | Path) -> np.ndarray:
-    """A full segmentation saved as a single-channel 8- or 16-bit PNG: (H, W) int64 labels."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise BadInputError(f"{path}: cannot read as an image")
-    if img.ndim != 2 or img.dtype not in (np.uint8, np.uint16):
-        raise BadInputError(
-            f"{path}: a label map must be a single-channel 8/16-bit PNG, got shape {img.shape} {img.dtype}"
-        )
-    return img.astype(np.int64)
+from pipeline.errors import BadInputError
 
 
 def _seg_from_store(store: str, frame: str) -> np.ndarray:
@@ -46,12 +27,11 @@ def _seg_from_store(store: str, frame: str) -> np.ndarray:
 def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray) -> np.ndarray:
     """before | after | |after - before| (RGB), the two flows drawn on one colour scale."""
     from pipeline.flow_viz import error_to_color, flow_to_color, hstack
+    from pipeline.show import label_edges
 
     mag = float(np.linalg.norm(before, axis=2).max()) or 1.0
     diff = np.linalg.norm(after - before, axis=2)
-    edges = np.zeros(seg.shape, bool)
-    edges[:, 1:] |= seg[:, 1:] != seg[:, :-1]
-    edges[1:] |= seg[1:] != seg[:-1]
+    edges = label_edges(seg)
     tiles = [flow_to_color(before, max_flow=mag), flow_to_color(after, max_flow=mag), error_to_color(diff)]
     for t in tiles[:2]:
         t[edges] = 0  # region outlines show what was fitted
@@ -81,16 +61,8 @@ def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray)
 def refine(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransac_thresh, min_inlier_rate,
            min_pixels, include_background, picture, report_path, seed) -> None:
     """Fit a homography to each full_seg region's flow and replace the flow where it fits well."""
-    try:
-        _run(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransac_thresh, min_inlier_rate,
-             min_pixels, include_background, picture, report_path, seed)
-    except PipelineError as exc:
-        raise _UserError(str(exc)) from exc
-
-
-def _run(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransac_thresh, min_inlier_rate,
-         min_pixels, include_background, picture, report_path, seed) -> None:
-    from pipeline.flow_io import read_flow, read_mask_png, write_flow
+    from pipeline.flow_io import read_flow, read_label_png, read_mask_png, write_flow
+    from pipeline.flow_viz import write_png
     from trainer.refine import refine_flow
 
     if (seg_path is None) == (store is None):
@@ -98,7 +70,7 @@ def _run(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransac_
     if store is not None and not frame:
         raise BadInputError("--store needs --frame ID")
     flow, valid = read_flow(flow_path)
-    seg = read_label_png(seg_path) if seg_path else _seg_from_store(store, frame)
+    seg = read_label_png(seg_path).astype(np.int64) if seg_path else _seg_from_store(store, frame)
     if seg.shape != flow.shape[:2]:
         where = seg_path or f"{store} frame {frame!r}"
         raise BadInputError(f"{where}: segmentation is {seg.shape[1]}x{seg.shape[0]} but "
@@ -111,8 +83,6 @@ def _run(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransac_
     )
     out = write_flow(out_path, refined, valid | (refined != flow).any(axis=2))
     pic = Path(picture) if picture else out.with_name(out.stem + "_refine.png")
-    from pipeline.flow_viz import write_png
-
     write_png(pic, before_after_picture(flow, refined, seg))
     if report_path:
         Path(report_path).write_text(json.dumps(report.to_dict(), indent=1))

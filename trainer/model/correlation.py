@@ -19,6 +19,7 @@ the arithmetic (about 2.7x at T=16) but run at GEMM speed: benchmarks/bench_corr
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from pipeline.errors import BadInputError
@@ -134,3 +135,20 @@ def correlation(
     x1, x2 = x1.to(dtype), x2.to(dtype)
     # Any strides will do: the inputs are copied into the padded layout anyway.
     return _Correlation.apply(x1, x2, max_displacement, tile)
+
+
+def correlation_reference(x1: torch.Tensor, x2: torch.Tensor, r: int = 4) -> torch.Tensor:
+    """The definition, one shift at a time: what `correlation` is tested and benchmarked against.
+
+    For each (dy, dx), row-major, the channel mean of x1 * (x2 shifted, zero outside). Slow (81
+    passes over memory at r=4, as many again in backward); the public reference falls back to it
+    without CUDA.
+    """
+    _, _, h, w = x1.shape
+    x2p = F.pad(x2, (r, r, r, r))
+    shifts = [
+        (x1 * x2p[:, :, dy : dy + h, dx : dx + w]).mean(dim=1)
+        for dy in range(2 * r + 1)
+        for dx in range(2 * r + 1)
+    ]
+    return torch.stack(shifts, dim=1)
