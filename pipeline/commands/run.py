@@ -9,7 +9,13 @@ from pathlib import Path
 import click
 
 from pipeline.commands.manifest import save_manifest, summary
-from pipeline.commands.options import cluster_options, derive_options, load_config, segmenter_options
+from pipeline.commands.options import (
+    cluster_options,
+    derive_options,
+    load_config,
+    parse_kv,
+    segmenter_options,
+)
 from pipeline.commands.segment import exit_status, run_segment
 from pipeline.commands.show import render_frames
 from pipeline.errors import BadInputError
@@ -23,6 +29,8 @@ from pipeline.manifest import Manifest
               "folder, synthetic). Not needed with --manifest.")
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Dataset root.")
+@click.option("-l", "--layout-option", "layout_opts", multiple=True, metavar="KEY=VALUE",
+              help="Layout option, e.g. -l passes=final -l split=test -l multiview=true.")
 @click.option("--manifest", "manifest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Use this frame list instead of scanning --root.")
 @click.option("--allow-partial", is_flag=True,
@@ -37,8 +45,8 @@ from pipeline.manifest import Manifest
 @segmenter_options
 @derive_options
 @cluster_options
-def run(layout, root, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash, pictures,
-        spec, derive_config, cluster, retries) -> None:
+def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash,
+        pictures, spec, derive_config, cluster, retries) -> None:
     """manifest -> shard -> segment (+derive) -> index -> verify -> show, in OUT."""
     from pipeline.index import build_index
     from pipeline.layouts import check_expected, scan
@@ -53,7 +61,7 @@ def run(layout, root, manifest_file, allow_partial, out: Path, num_shards, skip_
     else:
         if not (layout and root):
             raise BadInputError("give --layout and --root (or --manifest FILE)")
-        manifest = scan(layout, root)
+        manifest = scan(layout, root, **parse_kv(layout_opts, "--layout-option"))
         problems = check_expected(manifest)
         if problems:
             for line in problems:
