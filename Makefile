@@ -37,12 +37,16 @@ demo: $(STAMP)
 		--shards 4 --workers 2 --pictures 4 --key-min-h 24 --key-min-w 24 --key-min-overlaps 3
 	$(BIN)/python -m pipeline show-flow --layout synthetic --root $(DEMO_OUT)/data --pair 0 \
 		--out $(DEMO_OUT)/pictures/flow_pair0.png
+	$(BIN)/python -m trainer refine --flow $(DEMO_OUT)/data/training/flow/seq_000/frame_0001.flo \
+		--store $(DEMO_OUT)/masks/stores --frame training/clean/seq_000/frame_0001.png \
+		--out $(DEMO_OUT)/refine/frame_0001.flo --picture $(DEMO_OUT)/pictures/refine_frame_0001.png
 	@echo
 	@echo "demo done:"
 	@echo "  frames + exact flow:  $(DEMO_OUT)/data (manifest.json)"
 	@echo "  mask stores:          $(DEMO_OUT)/masks/stores (verified)"
 	@echo "  mask pictures:        $(DEMO_OUT)/masks/pictures"
 	@echo "  flow picture:         $(DEMO_OUT)/pictures/flow_pair0.png"
+	@echo "  per-object homography refinement of the GT flow: $(DEMO_OUT)/pictures/refine_frame_0001.png"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
