@@ -54,7 +54,7 @@ def local_worker_specs(cfg: ClusterConfig) -> dict[str, dict]:
     gpus = cfg.gpus if cfg.gpus is not None else visible_gpus()
     specs: dict[str, dict] = {}
     if gpus:
-        if cfg.workers is not None and cfg.workers != len(gpus):
+        if cfg.workers:
             gpus = gpus[: cfg.workers]
         for dev in gpus:
             # CUDA reads CUDA_VISIBLE_DEVICES at its first use, so the per-worker env is early enough.
@@ -66,8 +66,6 @@ def local_worker_specs(cfg: ClusterConfig) -> dict[str, dict]:
             }
         return specs
     n = cfg.workers or max(1, min(os.cpu_count() or 1, 4))
-    if n < 1:
-        raise BadInputError(f"--workers must be >= 1, got {n}")
     threads = str(max(1, cfg.threads_per_worker))
     env = {"UNSAMFLOW_DEVICE": "cpu", "UNSAMFLOW_TORCH_THREADS": threads}
     for i in range(n):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.commands.manifest import save_manifest, summary
+from pipeline.commands.manifest import summary
 from pipeline.commands.options import (
     cluster_options,
     derive_options,
@@ -71,7 +71,7 @@ def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_
     _save_if_changed(manifest, manifest_path)
     click.echo(f"[1/6] manifest: {summary(manifest)} -> {manifest_path}")
 
-    shard_paths = write_shards(Manifest.load(manifest_path), num_shards, out / "shards")
+    shard_paths = write_shards(manifest, num_shards, out / "shards")
     click.echo(f"[2/6] shard: {len(shard_paths)} shards -> {out / 'shards'}")
 
     click.echo(f"[3/6] segment with {spec.name} (+derive) ...")
@@ -96,9 +96,10 @@ def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_
 
 def _save_if_changed(manifest: Manifest, path: Path) -> None:
     """Keep an identical manifest untouched (its hash keys the shards); refuse a different one."""
-    if path.exists() and Manifest.load(path).to_dict() != manifest.to_dict():
+    if not path.exists():
+        manifest.save(path)
+    elif Manifest.load(path).to_dict() != manifest.to_dict():
         raise BadInputError(
             f"{path} exists and lists other frames than this run; use another --out "
             "(stores made from the old list would be mixed with the new)"
         )
-    save_manifest(manifest, path)
