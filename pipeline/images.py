@@ -18,6 +18,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: str | Path, block: int = 1 << 20) -> str:
+    """sha256 of a file read in blocks, so memory stays flat for frames and multi-GB checkpoints."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def decode_rgb(data: bytes, name: str) -> np.ndarray:
     """Decode image bytes to H x W x 3 uint8 RGB.
 

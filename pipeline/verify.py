@@ -6,7 +6,6 @@ run lists everything that is wrong.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,12 +13,11 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.errors import BadInputError, StoreError
+from pipeline.images import file_sha256
 from pipeline.index import check_same_producer, store_files
 from pipeline.manifest import Manifest
 from pipeline.mask_codec import tight_box
 from pipeline.store import FrameMasks, MaskStore
-
-HASH_BLOCK = 1 << 20
 
 
 @dataclass
@@ -35,15 +33,6 @@ class VerifyReport:
         head = (f"{'ok' if self.ok else 'NOT OK'}: {c.get('shards', 0)} shards, {c.get('frames', 0)} frames, "
                 f"{c.get('masks', 0)} masks, {c.get('bad', 0)} bad frames, {c.get('problems', 0)} problems")
         return "\n".join([head, *self.lines])
-
-
-def stream_sha256(path: Path) -> str:
-    """sha256 of a file, read in blocks (frames can be large; memory stays flat)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def bbox_consistent(bbox: np.ndarray, mask: np.ndarray) -> bool:
@@ -167,7 +156,7 @@ def _check_hashes(manifest: Manifest, stored: dict[str, str], progress: bool) ->
     for fid in tqdm(sorted(stored), desc="hash sources", unit="frame", disable=not progress):
         try:
             path = manifest.path(fid)
-            now = stream_sha256(path)
+            now = file_sha256(path)
         except BadInputError as exc:
             out.append(f"frame {fid!r}: {exc}")
             continue

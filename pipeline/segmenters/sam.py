@@ -13,7 +13,6 @@ shape by shape against the chosen model type before any real model is built, so 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 from functools import partial
 from pathlib import Path
@@ -25,6 +24,7 @@ from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from pipeline.errors import BadInputError
+from pipeline.images import file_sha256
 
 # Bump when a change of this file changes the records for the same config.
 WRAPPER_VERSION = 1
@@ -181,7 +181,7 @@ class SamSegmenter:
             "min_mask_region_area": int(min_mask_region_area),
         }
         state = load_sam_state_dict(self.checkpoint, model_type)
-        self.checkpoint_sha256 = _file_sha256(self.checkpoint)
+        self.checkpoint_sha256 = file_sha256(self.checkpoint)
         model = build_sam_model(model_type)
         model.load_state_dict(state)
         del state
@@ -257,11 +257,3 @@ def _resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BadInputError(f"sam: device {device!r} requested but CUDA is not available on this machine")
     return dev
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
