@@ -12,9 +12,9 @@ import statistics
 import time
 
 import torch
+from unsamflow.trainer.model.correlation import correlation, correlation_reference
 
 from benchmarks.common import write_results
-from trainer.model.correlation import correlation, correlation_reference
 
 LEVELS = [(32, 64, 208), (64, 32, 104), (96, 16, 52), (128, 8, 26), (192, 4, 13)]  # (C, H, W) at 1/4..1/64
 BATCH = 8

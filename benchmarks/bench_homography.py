@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 import torch
+from unsamflow.trainer.losses.homography import homography_loss, homography_loss_reference
 
 from benchmarks.common import write_results
-from trainer.losses.homography import homography_loss, homography_loss_reference
 
 
 def synthetic_batch(

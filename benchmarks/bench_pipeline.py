@@ -15,15 +15,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
+from unsamflow.pipeline.derive import DeriveConfig
+from unsamflow.pipeline.images import read_rgb
+from unsamflow.pipeline.manifest import Frame, Manifest
+from unsamflow.pipeline.segment import segment_shards
+from unsamflow.pipeline.segmenters import build_segmenter
+from unsamflow.pipeline.segmenters.base import SegmenterSpec
+from unsamflow.pipeline.shard import write_shards
+
 from benchmarks.common import write_results
-from pipeline.cluster import ClusterConfig, open_cluster
-from pipeline.derive import DeriveConfig
-from pipeline.images import read_rgb
-from pipeline.manifest import Frame, Manifest
-from pipeline.segment import segment_shards
-from pipeline.segmenters import build_segmenter
-from pipeline.segmenters.base import SegmenterSpec
-from pipeline.shard import write_shards
 
 SHARED = Path(
     os.environ.get("UNSAMFLOW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

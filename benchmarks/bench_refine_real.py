@@ -16,15 +16,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from unsamflow.pipeline.derive import full_segmentation
+from unsamflow.pipeline.flow.io import read_flo, read_kitti_flow, read_mask_png
+from unsamflow.pipeline.images import read_rgb
+from unsamflow.pipeline.segmenters import build_segmenter
+from unsamflow.pipeline.segmenters.base import SegmenterSpec
+from unsamflow.trainer.losses.occlusion import occlusion_fb
+from unsamflow.trainer.refine import refine_flow
 
 from benchmarks.common import write_results
-from pipeline.derive import full_segmentation
-from pipeline.flow_io import read_flo, read_kitti_flow, read_mask_png
-from pipeline.images import read_rgb
-from pipeline.segmenters import build_segmenter
-from pipeline.segmenters.base import SegmenterSpec
-from trainer.losses.occlusion import occlusion_fb
-from trainer.refine import refine_flow
 
 DATA = Path(os.environ.get("UNSAMFLOW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 # ransac threshold per dataset, as in the loss (Sintel 3 px, KITTI 0.5 px); Middlebury's small motions

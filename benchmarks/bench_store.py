@@ -20,14 +20,14 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
+from unsamflow.pipeline.derive import DeriveConfig, derive
+from unsamflow.pipeline.images import read_rgb
+from unsamflow.pipeline.segmenters import build_segmenter
+from unsamflow.pipeline.segmenters.base import SegmenterSpec
+from unsamflow.pipeline.store import MaskStore, StoreWriter
+from unsamflow.pipeline.store import codec as mask_codec
 
 from benchmarks.common import write_results
-from pipeline import mask_codec
-from pipeline.derive import DeriveConfig, derive
-from pipeline.images import read_rgb
-from pipeline.segmenters import build_segmenter
-from pipeline.segmenters.base import SegmenterSpec
-from pipeline.store import MaskStore, StoreWriter
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FRAMES = [

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from unsamflow.pipeline.synthetic.dataset import write_sequence
+from unsamflow.pipeline.synthetic.scenes import SceneConfig, config_for, make_scene
 
 from benchmarks.common import write_results
-from pipeline.synthetic_dataset import write_sequence
-from pipeline.synthetic_scenes import SceneConfig, config_for, make_scene
 
 SEEDS = range(5)
 NOTES = (

@@ -1,3 +1,5 @@
 """unsamflow mask pipeline: manifests, shards, segmenters, Dask execution, HDF5 mask stores."""
 
-__version__ = "0.1.0"
+from unsamflow import __version__
+
+__all__ = ["__version__"]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import click
-
-from pipeline.errors import ReportingGroup
+from unsamflow.pipeline.errors import ReportingGroup
 
 
 @click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,25 +13,25 @@ def main() -> None:
 
 
 # --- commands (one add_command line each; keep this block sorted) ---
-from pipeline.commands.derive import derive  # noqa: E402, I001
+from unsamflow.pipeline.commands.derive import derive  # noqa: E402, I001
 main.add_command(derive)
-from pipeline.commands.index import index  # noqa: E402, I001
+from unsamflow.pipeline.commands.index import index  # noqa: E402, I001
 main.add_command(index)
-from pipeline.commands.manifest import manifest  # noqa: E402, I001
+from unsamflow.pipeline.commands.manifest import manifest  # noqa: E402, I001
 main.add_command(manifest)
-from pipeline.commands.run import run  # noqa: E402, I001
+from unsamflow.pipeline.commands.run import run  # noqa: E402, I001
 main.add_command(run)
-from pipeline.commands.segment import segment  # noqa: E402, I001
+from unsamflow.pipeline.commands.segment import segment  # noqa: E402, I001
 main.add_command(segment)
-from pipeline.commands.segmenters import segmenters  # noqa: E402, I001
+from unsamflow.pipeline.commands.segmenters import segmenters  # noqa: E402, I001
 main.add_command(segmenters)
-from pipeline.commands.shard import shard  # noqa: E402, I001
+from unsamflow.pipeline.commands.shard import shard  # noqa: E402, I001
 main.add_command(shard)
-from pipeline.commands.show import show  # noqa: E402, I001
+from unsamflow.pipeline.commands.show import show  # noqa: E402, I001
 main.add_command(show)
-from pipeline.commands.show_flow import show_flow  # noqa: E402, I001
+from unsamflow.pipeline.commands.show_flow import show_flow  # noqa: E402, I001
 main.add_command(show_flow)
-from pipeline.commands.synth import synth  # noqa: E402, I001
+from unsamflow.pipeline.commands.synth import synth  # noqa: E402, I001
 main.add_command(synth)
-from pipeline.commands.verify import verify  # noqa: E402, I001
+from unsamflow.pipeline.commands.verify import verify  # noqa: E402, I001
 main.add_command(verify)

@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-
-from pipeline.errors import BadInputError
-from pipeline.mask_codec import tight_boxes
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.store.codec import tight_boxes
 
 
 @dataclass(frozen=True)

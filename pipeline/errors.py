@@ -11,8 +11,9 @@ class PipelineError(Exception):
     """Base class: the CLI prints these as one clear line and exits non-zero."""
 
 
-class BadInputError(PipelineError):
-    """A user-given file, path or parameter is unusable."""
+class BadInputError(PipelineError, ValueError):
+    """A user-given file, path or parameter is unusable (a ValueError too, so callers of the Python API
+    can catch it the usual way)."""
 
 
 class BadFrameError(PipelineError):

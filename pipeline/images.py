@@ -1,4 +1,4 @@
-"""Reading frames: one read gives both the RGB pixels and the content hash of the file."""
+"""Images on disk: reading frames (RGB pixels and the content hash in one read) and the one PNG writer."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from pipeline.errors import BadFrameError
+from unsamflow.pipeline.atomic import write_bytes_atomic
+from unsamflow.pipeline.errors import BadFrameError, BadInputError
 
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -67,3 +67,18 @@ def read_rgb(path: str | Path, name: str | None = None) -> tuple[np.ndarray, str
     except OSError as exc:
         raise BadFrameError(label, f"cannot read {path}: {exc.strerror or exc}") from None
     return decode_rgb(data, label), sha256_bytes(data)
+
+
+def write_png(path: str | Path, img: np.ndarray) -> Path:
+    """Write a picture as PNG, atomically (creating folders): RGB (H, W, 3) or single-channel (H, W),
+    8- or 16-bit. Colour is given in RGB order everywhere in the project; only this function knows
+    that OpenCV encodes BGR."""
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = img[..., ::-1]
+    elif img.ndim != 2:
+        raise BadInputError(f"{path}: a PNG picture must be H x W or H x W x 3, got shape {img.shape}")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
+    if not ok:
+        raise BadInputError(f"{path}: PNG encoding failed")
+    return write_bytes_atomic(path, buf.tobytes())

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from pipeline.atomic import write_bytes_atomic
-from pipeline.errors import BadInputError
+from unsamflow.pipeline.atomic import write_bytes_atomic
+from unsamflow.pipeline.errors import BadInputError
 
 FORMAT = "unsamflow-manifest"
 VERSION = 1

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.errors import BadFrameError, BadInputError, PipelineError, StoreError
-from pipeline.manifest import Manifest
-from pipeline.segmenters.base import Segmenter, SegmenterSpec
+from unsamflow.pipeline.canonical import json_roundtrip
+from unsamflow.pipeline.errors import BadFrameError, BadInputError, PipelineError, StoreError
+from unsamflow.pipeline.manifest import Manifest
+from unsamflow.pipeline.segmenters.base import Segmenter, SegmenterSpec
 
 PROGRESS_TOPIC = "unsamflow-progress"
 
@@ -37,7 +37,7 @@ def worker_segmenter(spec: SegmenterSpec) -> Segmenter:
     key = spec.key()
     seg = _CACHE.get(key)
     if seg is None:
-        from pipeline.segmenters import build_segmenter
+        from unsamflow.pipeline.segmenters import build_segmenter
 
         _CACHE.clear()
         seg = _CACHE[key] = build_segmenter(spec)
@@ -79,14 +79,14 @@ def _progress_sink():
 
 def remove_stale_temps(store_path: Path) -> None:
     """Temp files of this store left by a killed writer (the final name is never partial)."""
-    from pipeline.atomic import stale_temps
+    from unsamflow.pipeline.atomic import stale_temps
 
     for tmp in stale_temps(store_path):
         tmp.unlink(missing_ok=True)
 
 
 def _read(shard: Manifest, frame) -> tuple:
-    from pipeline.images import read_rgb
+    from unsamflow.pipeline.images import read_rgb
 
     try:
         return (frame, *read_rgb(shard.path(frame.id), frame.id), None)
@@ -117,11 +117,11 @@ def segment_shard(
     derive_config: dict,
 ) -> dict:
     """Dask task: segment one shard into one store. Returns the shard's statistics."""
-    from pipeline.derive import DeriveConfig, derive
-    from pipeline.mask_codec import tight_boxes
-    from pipeline.segmenters import BUILTIN_SEGMENTERS
-    from pipeline.segmenters.base import check_records
-    from pipeline.store import StoreWriter
+    from unsamflow.pipeline.derive import DeriveConfig, derive
+    from unsamflow.pipeline.segmenters import BUILTIN_SEGMENTERS
+    from unsamflow.pipeline.segmenters.base import check_records
+    from unsamflow.pipeline.store import StoreWriter
+    from unsamflow.pipeline.store.codec import tight_boxes
 
     t_start = time.perf_counter()
     emit = _progress_sink()
@@ -224,7 +224,7 @@ def store_path_for(shard_file: Path, store_dir: Path) -> Path:
 
 def check_existing(store: Path, spec: SegmenterSpec, derive_config: dict) -> bool:
     """True when `store` is complete and made the same way; raises when made another way."""
-    from pipeline.store import MaskStore
+    from unsamflow.pipeline.store import MaskStore
 
     if not store.exists():
         return False
@@ -236,12 +236,12 @@ def check_existing(store: Path, spec: SegmenterSpec, derive_config: dict) -> boo
     except StoreError as exc:
         raise StoreError(f"{store} exists but is not a readable mask store ({exc}); remove it") from None
     want = {"name": spec.name, "options": spec.options}
-    if made_by.get("spec") != _jsonish(want):
+    if made_by.get("spec") != json_roundtrip(want):
         raise StoreError(
             f"{store} was made by segmenter {made_by.get('spec')}, this run uses {want}: shards of "
             "different segmenters cannot be mixed in one store; use another output directory"
         )
-    if derived != _jsonish(derive_config):
+    if derived != json_roundtrip(derive_config):
         raise StoreError(
             f"{store} was derived with {derived}, this run asks for {derive_config}: "
             "run `pipeline derive` to re-derive, or use the stored thresholds"
@@ -249,10 +249,6 @@ def check_existing(store: Path, spec: SegmenterSpec, derive_config: dict) -> boo
     return True
 
 
-def _jsonish(obj):
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
 
 
 @dataclass

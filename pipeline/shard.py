@@ -29,8 +29,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import BadInputError
-from pipeline.manifest import Frame, Manifest
+from unsamflow.pipeline.canonical import canonical_json
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.manifest import Frame, Manifest
 
 SHARD_NAME = "shard-{index:05d}-of-{count:05d}.json"
 _MAX_MOVES = 10_000  # bound on rebalancing steps; each one strictly evens the loads
@@ -39,7 +40,7 @@ _SHARD_RE = re.compile(r"shard-(\d{5})-of-(\d{5})\.json")
 
 def manifest_sha256(manifest: Manifest) -> str:
     """Content hash of a manifest, independent of how its file was formatted."""
-    text = json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":"))
+    text = canonical_json(manifest.to_dict())
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-
-from pipeline.errors import BadInputError, StoreError
-from pipeline.images import file_sha256
-from pipeline.index import check_same_producer, store_files
-from pipeline.manifest import Manifest
-from pipeline.mask_codec import tight_box
-from pipeline.store import FrameMasks, MaskStore
+from unsamflow.pipeline.errors import BadInputError, StoreError
+from unsamflow.pipeline.images import file_sha256
+from unsamflow.pipeline.manifest import Manifest
+from unsamflow.pipeline.store import FrameMasks, MaskStore
+from unsamflow.pipeline.store.codec import tight_box
+from unsamflow.pipeline.store.index import check_same_producer, store_files
 
 
 @dataclass

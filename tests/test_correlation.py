@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from pipeline.errors import BadInputError
-from pipeline.images import read_rgb
-from trainer.model.correlation import correlation, correlation_reference
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.images import read_rgb
+from unsamflow.trainer.model.correlation import correlation, correlation_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

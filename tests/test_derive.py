@@ -7,10 +7,9 @@ import json
 import cv2
 import numpy as np
 import pytest
-
-from pipeline.derive import DeriveConfig, derive, full_segmentation, key_objects
-from pipeline.errors import BadInputError
-from pipeline.images import read_rgb
+from unsamflow.pipeline.derive import DeriveConfig, derive, full_segmentation, key_objects
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.images import read_rgb
 
 
 def rect(shape: tuple[int, int], y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
@@ -236,7 +235,7 @@ def test_bad_arrays_are_named():
 
 
 def test_invariants_on_real_graph_masks(shared_data):
-    from pipeline.segmenters import SegmenterSpec, build_segmenter
+    from unsamflow.pipeline.segmenters import SegmenterSpec, build_segmenter
 
     img, _ = read_rgb(shared_data / "kitti2015/training/image_2/000000_10.png")
     img = cv2.resize(img, (621, 188), interpolation=cv2.INTER_AREA)  # half size: keeps the test fast

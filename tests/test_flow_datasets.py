@@ -8,12 +8,11 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from pipeline.cli import main
-from pipeline.errors import BadFrameError, BadInputError
-from pipeline.flow_datasets import DATASETS, FlowDataset, open_dataset
-from pipeline.flow_io import read_kitti_flow, read_mask_png, write_kitti_flow
-from pipeline.manifest import Frame, Manifest, Pair
+from unsamflow.pipeline.cli import main
+from unsamflow.pipeline.errors import BadFrameError, BadInputError
+from unsamflow.pipeline.flow.datasets import DATASETS, FlowDataset, open_dataset
+from unsamflow.pipeline.flow.io import read_kitti_flow, read_mask_png, write_kitti_flow
+from unsamflow.pipeline.manifest import Frame, Manifest, Pair
 
 # name, root under shared/data, options, pairs with GT, frame size (H, W) of the first GT pair
 REAL = [

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.utils
-
-from pipeline.errors import BadInputError
-from pipeline.flow_io import (
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.flow.io import (
     KITTI_MAX,
     KITTI_MIN,
     read_flo,
@@ -23,7 +22,8 @@ from pipeline.flow_io import (
     write_kitti_flow,
     write_mask_png,
 )
-from pipeline.flow_viz import flow_panel, flow_to_color, write_png
+from unsamflow.pipeline.flow.viz import flow_panel, flow_to_color
+from unsamflow.pipeline.images import write_png
 
 # PROVENANCE.md: largest flow magnitude (px) and occluded / invalid fractions of each Sintel GT.
 SINTEL = {

@@ -6,9 +6,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from trainer.homography_fit import fit_homographies, project
-from trainer.losses.homography import (
+from unsamflow.trainer.homography_fit import fit_homographies, project
+from unsamflow.trainer.losses.homography import (
     homography_loss,
     homography_loss_fwbw,
     homography_loss_reference,

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-
-from pipeline.cli import main
-from pipeline.errors import BadInputError
-from pipeline.layouts import LAYOUTS, check_expected, natural_key, scan
-from pipeline.layouts.expected import COUNT_FIELDS, DATA_MANIFESTS, ENTRY_FIELDS
-from pipeline.manifest import Manifest
+from unsamflow.pipeline.cli import main
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.layouts import LAYOUTS, check_expected, natural_key, scan
+from unsamflow.pipeline.layouts.expected import COUNT_FIELDS, DATA_MANIFESTS, ENTRY_FIELDS
+from unsamflow.pipeline.manifest import Manifest
 
 
 def touch(root: Path, *rels: str) -> None:

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from pipeline.flow_io import read_flo, read_mask_png
-from pipeline.images import read_rgb
-from trainer.losses import (
+from unsamflow.pipeline.flow.io import read_flo, read_mask_png
+from unsamflow.pipeline.images import read_rgb
+from unsamflow.trainer.losses import (
     census_distance,
     image_edge_weights,
     occlusion_fb,
@@ -22,7 +21,7 @@ from trainer.losses import (
     smooth_2nd,
     ssim_distance,
 )
-from trainer.warp import flow_warp
+from unsamflow.trainer.warp import flow_warp
 
 
 def _const_flow(b, h, w, u, v):

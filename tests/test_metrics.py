@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from trainer.metrics import FlowMetrics, epe_map, flow_metrics
+from unsamflow.trainer.metrics import FlowMetrics, epe_map, flow_metrics
 
 
 def _pair(gt_uv, err_uv):

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from pipeline.errors import BadInputError
-from pipeline.images import read_rgb
-from trainer.model import PWCLite, downsample_labels, region_max
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.images import read_rgb
+from unsamflow.trainer.model import PWCLite, downsample_labels, region_max
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
-from pipeline.errors import BadInputError
-from pipeline.flow_io import read_flo, write_flo
-from trainer.cli import main as trainer_cli
-from trainer.refine import refine_flow
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.flow.io import read_flo, write_flo
+from unsamflow.trainer.cli import main as trainer_cli
+from unsamflow.trainer.refine import refine_flow
 
 H, W = 60, 80
 
@@ -165,9 +164,9 @@ def test_cli_refines_a_real_sintel_flow(tmp_path, shared_data):
 
 
 def test_cli_reads_the_segmentation_from_a_mask_store(tmp_path):
-    from pipeline.derive import full_segmentation
-    from pipeline.index import build_index
-    from pipeline.store import StoreWriter
+    from unsamflow.pipeline.derive import full_segmentation
+    from unsamflow.pipeline.store import StoreWriter
+    from unsamflow.pipeline.store.index import build_index
 
     noisy, exact, seg = _scene(6)
     masks = np.stack([seg == 1, seg == 2])

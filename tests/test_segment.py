@@ -13,14 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 from click.testing import CliRunner
-
-from pipeline.cli import main
-from pipeline.cluster import ClusterConfig, open_cluster
-from pipeline.derive import DeriveConfig
-from pipeline.manifest import Frame, Manifest
-from pipeline.segment import segment_shards
-from pipeline.segmenters.base import SegmenterSpec
-from pipeline.store import MaskStore
+from unsamflow.pipeline.cli import main
+from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
+from unsamflow.pipeline.derive import DeriveConfig
+from unsamflow.pipeline.manifest import Frame, Manifest
+from unsamflow.pipeline.segment import segment_shards
+from unsamflow.pipeline.segmenters.base import SegmenterSpec
+from unsamflow.pipeline.store import MaskStore
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -127,7 +126,7 @@ def test_store_of_another_segmenter_configuration_is_refused(shared_data, tmp_pa
 
 
 def test_tiny_sam_through_the_real_generator_on_the_cluster(shared_data, tmp_path):
-    from pipeline.segmenters.sam import write_tiny_sam_checkpoint
+    from unsamflow.pipeline.segmenters.sam import write_tiny_sam_checkpoint
 
     ckpt = write_tiny_sam_checkpoint(tmp_path / "tiny_sam.pth", seed=0)
     frames = small_frames(shared_data, tmp_path / "data" / "judo", n=1, scale=0.3)

@@ -11,10 +11,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from pipeline.errors import BadInputError
-from pipeline.images import read_rgb
-from pipeline.segmenters import (
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.images import read_rgb
+from unsamflow.pipeline.segmenters import (
     DEFAULT_SEGMENTER,
     ENTRY_POINT_GROUP,
     RECORD_KEYS,
@@ -23,7 +22,7 @@ from pipeline.segmenters import (
     available_segmenters,
     build_segmenter,
 )
-from pipeline.segmenters.base import check_records
+from unsamflow.pipeline.segmenters.base import check_records
 
 # A third-party segmenter as a plug-in author would write it: one mask per grey level band.
 PLUGIN_SOURCE = textwrap.dedent(
@@ -219,7 +218,7 @@ def test_graph_small_and_odd_inputs():
 
 
 def test_tiny_sam_runs_the_real_generator_on_a_real_frame(shared_data, tmp_path):
-    from pipeline.segmenters.sam import build_sam_model, write_tiny_sam_checkpoint
+    from unsamflow.pipeline.segmenters.sam import build_sam_model, write_tiny_sam_checkpoint
 
     ckpt = write_tiny_sam_checkpoint(tmp_path / "tiny.pth", seed=0)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -256,7 +255,7 @@ def test_tiny_sam_runs_the_real_generator_on_a_real_frame(shared_data, tmp_path)
 
 
 def test_bad_sam_checkpoints_are_named(tmp_path):
-    from pipeline.segmenters.sam import SamSegmenter, write_tiny_sam_checkpoint
+    from unsamflow.pipeline.segmenters.sam import SamSegmenter, write_tiny_sam_checkpoint
 
     missing = tmp_path / "nope.pth"
     with pytest.raises(BadInputError, match=f"sam checkpoint not found: {missing}"):

@@ -9,12 +9,11 @@ import random
 
 import pytest
 from click.testing import CliRunner
-
-from pipeline.cli import main
-from pipeline.errors import BadInputError
-from pipeline.layouts import scan
-from pipeline.manifest import Frame, Manifest, Pair
-from pipeline.shard import manifest_sha256, shard_manifest, sync_shards, write_shards
+from unsamflow.pipeline.cli import main
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.layouts import scan
+from unsamflow.pipeline.manifest import Frame, Manifest, Pair
+from unsamflow.pipeline.shard import manifest_sha256, shard_manifest, sync_shards, write_shards
 
 
 def synthetic_manifest(lengths: list[int], root: str = "/data") -> Manifest:

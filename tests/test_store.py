@@ -12,14 +12,14 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-
-from pipeline.derive import DeriveConfig, derive
-from pipeline.errors import StoreError
-from pipeline.images import read_rgb
-from pipeline.index import INDEX_NAME, Index, build_index, store_files
-from pipeline.segmenters import build_segmenter
-from pipeline.segmenters.base import SegmenterSpec
-from pipeline.store import FORMAT_VERSION, MaskStore, StoreWriter, rewrite_derived
+from unsamflow.pipeline.derive import DeriveConfig, derive
+from unsamflow.pipeline.errors import StoreError
+from unsamflow.pipeline.images import read_rgb
+from unsamflow.pipeline.rederive import rewrite_derived
+from unsamflow.pipeline.segmenters import build_segmenter
+from unsamflow.pipeline.segmenters.base import SegmenterSpec
+from unsamflow.pipeline.store import FORMAT_VERSION, MaskStore, StoreWriter
+from unsamflow.pipeline.store.index import INDEX_NAME, Index, build_index, store_files
 
 JUDO = ["video/judo/00000.jpg", "video/judo/00001.jpg"]
 SEGMENTER = {"name": "graph", "version": "1", "config": {"scales": [100.0, 300.0]}}
@@ -339,7 +339,7 @@ def test_index_maps_frames_and_refuses_mixtures(tmp_path, real_frames):
 
 
 def test_tight_boxes_of_a_stack_equal_the_per_mask_boxes():
-    from pipeline.mask_codec import encode_mask, tight_box, tight_boxes
+    from unsamflow.pipeline.store.codec import encode_mask, tight_box, tight_boxes
 
     rng = np.random.default_rng(3)
     masks = np.zeros((6, 17, 23), bool)

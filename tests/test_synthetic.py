@@ -8,13 +8,12 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from pipeline.cli import main
-from pipeline.flow_datasets import open_dataset
-from pipeline.layouts import scan
-from pipeline.manifest import Manifest
-from pipeline.segmenters.base import RECORD_KEYS
-from pipeline.synthetic_scenes import (
+from unsamflow.pipeline.cli import main
+from unsamflow.pipeline.flow.datasets import open_dataset
+from unsamflow.pipeline.layouts import scan
+from unsamflow.pipeline.manifest import Manifest
+from unsamflow.pipeline.segmenters.base import RECORD_KEYS
+from unsamflow.pipeline.synthetic.scenes import (
     Layer,
     Motion,
     Scene,

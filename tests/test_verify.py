@@ -10,16 +10,15 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from pipeline.cli import main
-from pipeline.derive import DeriveConfig, derive
-from pipeline.images import read_rgb
-from pipeline.index import INDEX_NAME, Index
-from pipeline.manifest import Frame, Manifest
-from pipeline.segmenters import build_segmenter
-from pipeline.segmenters.base import SegmenterSpec
-from pipeline.store import MaskStore, StoreWriter
-from pipeline.verify import verify
+from unsamflow.pipeline.cli import main
+from unsamflow.pipeline.derive import DeriveConfig, derive
+from unsamflow.pipeline.images import read_rgb
+from unsamflow.pipeline.manifest import Frame, Manifest
+from unsamflow.pipeline.segmenters import build_segmenter
+from unsamflow.pipeline.segmenters.base import SegmenterSpec
+from unsamflow.pipeline.store import MaskStore, StoreWriter
+from unsamflow.pipeline.store.index import INDEX_NAME, Index
+from unsamflow.pipeline.verify import verify
 
 IDS = ["judo/00000.jpg", "judo/00001.jpg", "judo/00002.jpg"]
 SEGMENTER = {"name": "graph", "version": "1", "config": {"scales": [100.0, 300.0]}}

@@ -1,3 +1,5 @@
 """unsamflow trainer: SAM-guided unsupervised optical flow (PWC-Lite, homography smoothness, +mf)."""
 
-__version__ = "0.1.0"
+from unsamflow import __version__
+
+__all__ = ["__version__"]

@@ -1,3 +1,3 @@
-from trainer.cli import main
+from unsamflow.trainer.cli import main
 
 main()

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import click
-
-from pipeline.errors import ReportingGroup
+from unsamflow.pipeline.errors import ReportingGroup
 
 
 @click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,5 +13,5 @@ def main() -> None:
 
 
 # --- commands (one add_command line each; keep this block sorted) ---
-from trainer.commands.refine import refine  # noqa: E402, I001
+from unsamflow.trainer.commands.refine import refine  # noqa: E402, I001
 main.add_command(refine)

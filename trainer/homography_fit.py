@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from unsamflow.pipeline.errors import BadInputError
 
 _EPS = 1e-12
 # Second-smallest / largest eigenvalue of A^T A below this: the points do not pin down one
@@ -77,12 +78,12 @@ def fit_homographies(
     """
     p = src.shape[0]
     if src.shape != (p, 2) or dst.shape != (p, 2) or group.shape != (p,) or visible.shape != (p,):
-        raise ValueError(
+        raise BadInputError(
             f"fit_homographies: src {tuple(src.shape)} and dst {tuple(dst.shape)} must be (P, 2), group "
             f"{tuple(group.shape)} and visible {tuple(visible.shape)} (P,)"
         )
     if not thresh > 0 or num_hypotheses < 1 or num_score_points < 1 or refits < 1:
-        raise ValueError(
+        raise BadInputError(
             f"fit_homographies: need thresh > 0 and at least 1 hypothesis, scoring point and refit; got "
             f"{thresh}, {num_hypotheses}, {num_score_points}, {refits}"
         )

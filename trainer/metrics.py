@@ -12,13 +12,14 @@ each metric per image and averages the images (KITTI's devkit). `FlowMetrics.for
 picks the benchmark's rule from a dataset name such as "kitti-2015-training".
 
 Inputs: torch tensors are channel-first (B, 2, H, W) or (2, H, W); numpy arrays are (H, W, 2), as
-pipeline.flow_datasets yields them. Masks are (B, H, W) / (H, W), bool or 0/1.
+pipeline.flow.datasets yields them. Masks are (B, H, W) / (H, W), bool or 0/1.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from unsamflow.pipeline.errors import BadInputError
 
 AGGREGATIONS = ("pixel", "image")
 _THRESHOLDS = {"px1": 1.0, "px3": 3.0, "px5": 5.0}
@@ -28,12 +29,12 @@ def _as_flow(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     """-> float tensor (B, 2, H, W)."""
     if isinstance(x, np.ndarray):
         if x.ndim not in (3, 4) or x.shape[-1] != 2:
-            raise ValueError(f"numpy flow must be (H, W, 2) or (B, H, W, 2), got {x.shape}")
+            raise BadInputError(f"numpy flow must be (H, W, 2) or (B, H, W, 2), got {x.shape}")
         x = torch.from_numpy(np.ascontiguousarray(x)).movedim(-1, -3)
     if x.ndim == 3:
         x = x.unsqueeze(0)
     if x.ndim != 4 or x.shape[1] != 2:
-        raise ValueError(f"flow tensor must be (B, 2, H, W) or (2, H, W), got {tuple(x.shape)}")
+        raise BadInputError(f"flow tensor must be (B, 2, H, W) or (2, H, W), got {tuple(x.shape)}")
     return x.float()
 
 
@@ -45,7 +46,7 @@ def _as_mask(m: torch.Tensor | np.ndarray | None, like: torch.Tensor, name: str)
         m = m.unsqueeze(0)
     want = (like.shape[0],) + tuple(like.shape[2:])
     if tuple(m.shape) != want:
-        raise ValueError(f"{name} mask has shape {tuple(m.shape)}, expected {want}")
+        raise BadInputError(f"{name} mask has shape {tuple(m.shape)}, expected {want}")
     return m.bool()
 
 
@@ -53,7 +54,7 @@ def epe_map(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> t
     """Per-pixel end-point error (B, H, W)."""
     p, g = _as_flow(pred), _as_flow(gt)
     if p.shape != g.shape:
-        raise ValueError(f"prediction {tuple(p.shape)} and ground truth {tuple(g.shape)} differ in shape")
+        raise BadInputError(f"prediction {tuple(p.shape)} and ground truth {tuple(g.shape)} differ in shape")
     return torch.linalg.vector_norm(p - g.to(p.device), dim=1)
 
 
@@ -96,7 +97,7 @@ class FlowMetrics:
 
     def __init__(self, aggregate: str = "pixel"):
         if aggregate not in AGGREGATIONS:
-            raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+            raise BadInputError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
         self.aggregate = aggregate
         self.sums: dict[str, float] = {}
 
@@ -131,7 +132,7 @@ class FlowMetrics:
 
     def merge(self, other: FlowMetrics) -> FlowMetrics:
         if other.aggregate != self.aggregate:
-            raise ValueError(f"cannot merge {other.aggregate!r} metrics into {self.aggregate!r} metrics")
+            raise BadInputError(f"cannot merge {other.aggregate!r} metrics into {self.aggregate!r} metrics")
         for k, val in other.sums.items():
             self.sums[k] = self.sums.get(k, 0.0) + val
         return self

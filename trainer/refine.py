@@ -12,10 +12,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-
-from pipeline.errors import BadInputError
-from trainer.homography_fit import fit_homographies
-from trainer.warp import mesh_grid
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.trainer.homography_fit import fit_homographies
+from unsamflow.trainer.warp import mesh_grid
 
 # Groups fitted per call: bounds the (groups x hypotheses) temporaries to ~100 MB.
 _GROUPS_PER_FIT = 256

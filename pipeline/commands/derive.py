@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from pipeline.commands.options import derive_options
+from unsamflow.pipeline.commands.options import derive_options
 
 
 @click.command()
@@ -19,9 +18,10 @@ def derive(store_dir: Path, derive_config: dict) -> None:
     Stores already derived with the same thresholds are skipped; each other store is rewritten
     atomically. An existing index.json is rebuilt afterwards (the stores changed).
     """
-    from pipeline.derive import DeriveConfig
-    from pipeline.index import INDEX_NAME, build_index, store_files
-    from pipeline.store import MaskStore, rewrite_derived
+    from unsamflow.pipeline.derive import DeriveConfig
+    from unsamflow.pipeline.rederive import rewrite_derived
+    from unsamflow.pipeline.store import MaskStore
+    from unsamflow.pipeline.store.index import INDEX_NAME, build_index, store_files
 
     cfg = DeriveConfig.from_dict(derive_config)
     files = store_files(store_dir)

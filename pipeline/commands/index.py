@@ -12,7 +12,7 @@ import click
               help="Directory of mask stores (*.h5); index.json is written there.")
 def index(store_dir: Path) -> None:
     """Index every store; refuses mixed segmenters/derive configs and duplicate frames."""
-    from pipeline.index import INDEX_NAME, build_index
+    from unsamflow.pipeline.store.index import INDEX_NAME, build_index
 
     idx = build_index(store_dir)
     click.echo(f"index: {len(idx)} frames ({len(idx.bad_frames)} bad) in {len(idx.shards)} stores "

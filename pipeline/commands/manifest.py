@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from pipeline.errors import BadInputError
-from pipeline.layouts import LAYOUTS, check_expected, counts, scan
-from pipeline.manifest import Manifest
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.layouts import LAYOUTS, check_expected, counts, scan
+from unsamflow.pipeline.manifest import Manifest
 
 
 def save_manifest(manifest: Manifest, out: Path) -> str:

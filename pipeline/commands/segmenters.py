@@ -5,8 +5,7 @@ from __future__ import annotations
 import inspect
 
 import click
-
-from pipeline.segmenters import available_segmenters, resolve_factory
+from unsamflow.pipeline.segmenters import available_segmenters, resolve_factory
 
 
 @click.command()

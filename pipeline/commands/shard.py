@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from pipeline.manifest import Manifest
-from pipeline.shard import sync_shards
+from unsamflow.pipeline.manifest import Manifest
+from unsamflow.pipeline.shard import sync_shards
 
 
 @click.command()

@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from pipeline.errors import BadInputError
-from pipeline.flow_viz import write_png
-from pipeline.images import read_rgb
-from pipeline.manifest import safe_join
-from pipeline.show import frame_picture, safe_name
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.images import read_rgb, write_png
+from unsamflow.pipeline.manifest import safe_join
+from unsamflow.pipeline.show import frame_picture, safe_name
 
 
 def render_frames(stores: Path, frame_ids: list[str], out: Path, root: Path | None = None) -> list[Path]:
     """Write one picture per frame id; ids are looked up through the store index."""
-    from pipeline.index import Index
+    from unsamflow.pipeline.store.index import Index
 
     index = Index.load(stores)
     written = []
@@ -40,7 +38,7 @@ def render_frames(stores: Path, frame_ids: list[str], out: Path, root: Path | No
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 def show(stores: Path, frames: tuple[str, ...], count: int, root: Path | None, out: Path) -> None:
     """Masks over the image, the full segmentation and the key objects of frames, as PNG."""
-    from pipeline.index import Index
+    from unsamflow.pipeline.store.index import Index
 
     ids = list(frames) or Index.load(stores).frame_ids[:count]
     if not ids:

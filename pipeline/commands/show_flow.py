@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from pipeline.errors import BadInputError
-from pipeline.flow_datasets import FlowDataset
-from pipeline.flow_io import read_flow
-from pipeline.flow_viz import flow_panel, write_png
-from pipeline.layouts import LAYOUTS, scan
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.flow.datasets import FlowDataset
+from unsamflow.pipeline.flow.io import read_flow
+from unsamflow.pipeline.flow.viz import flow_panel
+from unsamflow.pipeline.images import write_png
+from unsamflow.pipeline.layouts import LAYOUTS, scan
 
 
 @click.command("show-flow")
@@ -28,7 +28,7 @@ from pipeline.layouts import LAYOUTS, scan
 def show_flow(layout: str, root: Path, pair_index: int | None, frame: str | None, pred: Path | None,
               out: Path, max_flow: float | None, layout_opts: tuple[str, ...]) -> None:  # fmt: skip
     """Draw a pair of a dataset with its ground-truth flow in the Middlebury colour wheel."""
-    from pipeline.commands.options import parse_kv
+    from unsamflow.pipeline.commands.options import parse_kv
 
     if pair_index is not None and frame is not None:
         raise BadInputError("give --pair or --frame, not both")

@@ -1,4 +1,4 @@
-"""`pipeline synth`: generate synthetic scenes with exact ground truth (pipeline.synthetic_dataset)."""
+"""`pipeline synth`: generate synthetic scenes with exact ground truth (pipeline.synthetic.dataset)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import time
 from pathlib import Path
 
 import click
-
-from pipeline.errors import BadInputError
-from pipeline.synthetic_dataset import generate_dataset
-from pipeline.synthetic_scenes import DIFFICULTIES
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.synthetic.dataset import generate_dataset
+from unsamflow.pipeline.synthetic.scenes import DIFFICULTIES
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -17,8 +17,8 @@ import click
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def verify(store_dir: Path, manifest_file: Path, no_hash: bool, quiet: bool) -> None:
     """Check every store and that each manifest frame is stored exactly once."""
-    from pipeline.manifest import Manifest
-    from pipeline.verify import verify as run_verify
+    from unsamflow.pipeline.manifest import Manifest
+    from unsamflow.pipeline.verify import verify as run_verify
 
     report = run_verify(store_dir, Manifest.load(manifest_file), check_hashes=not no_hash, progress=not quiet)
     click.echo(report.summary())

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import BadInputError
-from pipeline.layouts import folder, kitti, middlebury, sintel
-from pipeline.layouts.base import Layout, ScanResult, natural_key
-from pipeline.layouts.expected import check_expected, expected_for
-from pipeline.manifest import Manifest
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.layouts import folder, kitti, middlebury, sintel
+from unsamflow.pipeline.layouts.base import Layout, ScanResult, natural_key
+from unsamflow.pipeline.layouts.expected import check_expected, expected_for
+from unsamflow.pipeline.manifest import Manifest
 
 __all__ = [
     "LAYOUTS",
@@ -46,7 +46,7 @@ for _layout in (sintel.LAYOUT, kitti.KITTI2015, kitti.KITTI2012, middlebury.LAYO
 
 # --- more layouts: one `register(module.LAYOUT)` line each, with its import ---
 
-from pipeline.layouts import synthetic  # noqa: E402  (synthetic scenes: pipeline.synthetic_dataset)
+from unsamflow.pipeline.layouts import synthetic  # noqa: E402  (synthetic scenes: pipeline.synthetic.dataset)
 
 register(synthetic.LAYOUT)
 

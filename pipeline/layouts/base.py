@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import BadInputError
-from pipeline.manifest import Frame, Pair, safe_join
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.manifest import Frame, Pair, safe_join
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -39,7 +39,8 @@ class Layout:
     `options` holds every option the layout takes with its default; `scanner(root, options)`
     gets the full, validated option dict. `groups(options)` names the folders (relative to
     the root) whose sub-folders are the sequences selected by those options; expected counts
-    in data_manifests/ are given per group.
+    in data_manifests/ are given per group. `has_counts`: a standard dataset whose expected counts
+    ship in data_manifests/<name>.yaml; the manifest stage refuses to run without that file.
     """
 
     name: str
@@ -48,6 +49,7 @@ class Layout:
     options: dict[str, Any] = field(default_factory=dict)
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     groups: Callable[[dict[str, Any]], list[str]] = lambda options: []
+    has_counts: bool = False
 
 
 def natural_key(name: str) -> tuple:

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import yaml
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.layouts.base import group_of
+from unsamflow.pipeline.manifest import Manifest
 
-import pipeline
-from pipeline.errors import BadInputError
-from pipeline.layouts.base import group_of
-from pipeline.manifest import Manifest
-
-DATA_MANIFESTS = Path(pipeline.__file__).resolve().parents[1] / "data_manifests"
+# The repository's data_manifests/ is package data of `unsamflow` (pyproject.toml), so this is the same
+# folder in a source checkout, an editable install and a wheel.
+DATA_MANIFESTS: Traversable = files("unsamflow") / "data_manifests"
 COUNT_FIELDS = ("sequences", "frames", "pairs", "pairs_with_gt", "sequences_with_gt")
 ENTRY_FIELDS = {"groups", "when", "note", "sequence_frames", "sequence_names", *COUNT_FIELDS}
 _MAX_NAMES = 20
@@ -33,9 +34,22 @@ _MAX_NAMES = 20
 
 @cache
 def expected_for(layout: str) -> dict[str, Any] | None:
-    """The parsed data_manifests/<layout>.yaml, or None when the layout has no known counts."""
+    """The parsed data_manifests/<layout>.yaml, or None when the layout has no known counts.
+
+    A standard layout (`Layout.has_counts`) without its file is an error, never a silent pass: it
+    means a broken installation, and the completeness check is what stops a partial download
+    before GPU hours are spent on it.
+    """
+    from unsamflow.pipeline.layouts import LAYOUTS  # the registry imports this module
+
     path = DATA_MANIFESTS / f"{layout}.yaml"
     if not path.is_file():
+        known = LAYOUTS.get(layout)
+        if known is not None and known.has_counts:
+            raise BadInputError(
+                f"the expected counts of the {layout!r} layout ({path}) are missing from this installation "
+                "of unsamflow, so an incomplete download could not be detected; reinstall unsamflow"
+            )
         return None
     data = yaml.safe_load(path.read_text())
     for i, entry in enumerate(data.get("expected", [])):
@@ -50,7 +64,7 @@ def check_expected(manifest: Manifest) -> list[str]:
 
     [] when everything matches or nothing is known about the layout (e.g. `folder`).
     """
-    from pipeline.layouts import get_layout  # the registry imports this module
+    from unsamflow.pipeline.layouts import get_layout  # the registry imports this module
 
     data = expected_for(manifest.layout)
     if not data:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.layouts.base import Layout, ScanResult, is_image, list_dir
-from pipeline.manifest import Frame, Pair
+from unsamflow.pipeline.layouts.base import Layout, ScanResult, is_image, list_dir
+from unsamflow.pipeline.manifest import Frame, Pair
 
 
 def _scan(root: Path, options: dict[str, Any]) -> ScanResult:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.layouts.base import Layout, ScanResult, existing, list_dir, numbered_pairs
-from pipeline.manifest import Frame, Pair
+from unsamflow.pipeline.layouts.base import Layout, ScanResult, existing, list_dir, numbered_pairs
+from unsamflow.pipeline.manifest import Frame, Pair
 
 _FRAME = re.compile(r"(\d{6})_(\d{2})\.png")
 _BENCHMARK_FRAMES = (10, 11)
@@ -81,6 +81,7 @@ KITTI2015 = Layout(
     options={"split": "training", "multiview": False},
     choices={"split": ("training", "testing")},
     groups=_groups_2015,
+    has_counts=True,
 )
 
 KITTI2012 = Layout(
@@ -90,4 +91,5 @@ KITTI2012 = Layout(
     options={"split": "training", "multiview": False, "gray": False},
     choices={"split": ("training", "testing")},
     groups=_groups_2012,
+    has_counts=True,
 )

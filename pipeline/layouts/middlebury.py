@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.layouts.base import Layout, ScanResult, existing, numbered_sequences
-from pipeline.manifest import Pair
+from unsamflow.pipeline.layouts.base import Layout, ScanResult, existing, numbered_sequences
+from unsamflow.pipeline.manifest import Pair
 
 _FRAME = re.compile(r"frame(\d+)\.png")
 
@@ -38,4 +38,5 @@ LAYOUT = Layout(
     scanner=_scan,
     options={"gray": False},
     groups=_groups,
+    has_counts=True,
 )

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.layouts.base import Layout, ScanResult, existing, numbered_sequences
-from pipeline.manifest import Pair
+from unsamflow.pipeline.layouts.base import Layout, ScanResult, existing, numbered_sequences
+from unsamflow.pipeline.manifest import Pair
 
 _FRAME = re.compile(r"frame_(\d+)\.png")
 PASSES = ("clean", "final", "albedo")
@@ -56,4 +56,5 @@ LAYOUT = Layout(
     options={"split": "training", "passes": ["clean", "final"]},
     choices={"split": ("training", "test"), "passes": PASSES},
     groups=_groups,
+    has_counts=True,
 )

@@ -1,7 +1,7 @@
 """Synthetic scenes written by `pipeline synth`: Sintel-like training/clean/<seq>/frame_%04d.png.
 
 Ground truth of pair frame_k -> frame_k+1 is named after frame k (flow/, occlusions/), as in
-Sintel; backward flow, backward occlusions and instance maps (pipeline.synthetic_dataset.gt_paths) sit
+Sintel; backward flow, backward occlusions and instance maps (pipeline.synthetic.dataset.gt_paths) sit
 beside them. The tree is scanned, not read from manifest.json, so a copied or moved set still works.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.layouts.base import Layout, ScanResult
-from pipeline.layouts.sintel import scan_pass
+from unsamflow.pipeline.layouts.base import Layout, ScanResult
+from unsamflow.pipeline.layouts.sintel import scan_pass
 
 _GROUP = "training/clean"
 

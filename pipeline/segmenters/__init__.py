@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import BadInputError
-from pipeline.segmenters.base import RECORD_KEYS, Segmenter, SegmenterSpec
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.segmenters.base import RECORD_KEYS, Segmenter, SegmenterSpec
 
 __all__ = [
     "BUILTIN_SEGMENTERS",
@@ -40,8 +40,8 @@ ENTRY_POINT_GROUP = "unsamflow.segmenters"
 
 # Built-ins as "module:factory", like entry points, so that importing this package stays cheap.
 _BUILTINS = {
-    "graph": "pipeline.segmenters.graph:GraphSegmenter",
-    "sam": "pipeline.segmenters.sam:SamSegmenter",
+    "graph": "unsamflow.pipeline.segmenters.graph:GraphSegmenter",
+    "sam": "unsamflow.pipeline.segmenters.sam:SamSegmenter",
 }
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from unsamflow.pipeline.canonical import canonical_json
 
 # Keys of segment-anything's SamAutomaticMaskGenerator records ("binary_mask" output mode).
 RECORD_KEYS = (
@@ -41,9 +42,8 @@ class SegmenterSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def key(self) -> str:
-        import json
 
-        return json.dumps([self.name, self.options], sort_keys=True, default=str)
+        return canonical_json([self.name, self.options])
 
 
 def check_records(records: list[dict[str, Any]], shape: tuple[int, int], segmenter: str) -> None:
@@ -52,7 +52,7 @@ def check_records(records: list[dict[str, Any]], shape: tuple[int, int], segment
     Cheap structural checks (keys, mask shape and dtype, box and point lengths, area == mask pixels), meant
     for output of third-party plug-ins before it reaches a store.
     """
-    from pipeline.errors import BadInputError
+    from unsamflow.pipeline.errors import BadInputError
 
     if not isinstance(records, list):
         raise BadInputError(f"segmenter {segmenter!r} returned a {type(records).__name__}, not a list")

@@ -36,8 +36,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import felzenszwalb
-
-from pipeline.errors import BadInputError
+from unsamflow.pipeline.errors import BadInputError
 
 # Bump when a change of this file changes the masks for the same config.
 ALGORITHM_VERSION = 1

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-from pipeline.errors import BadInputError
-from pipeline.images import file_sha256
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.images import file_sha256
 
 # Bump when a change of this file changes the records for the same config.
 WRAPPER_VERSION = 1

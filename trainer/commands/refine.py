@@ -7,12 +7,11 @@ from pathlib import Path
 
 import click
 import numpy as np
-
-from pipeline.errors import BadInputError
+from unsamflow.pipeline.errors import BadInputError
 
 
 def _seg_from_store(store: str, frame: str) -> np.ndarray:
-    from pipeline.index import Index
+    from unsamflow.pipeline.store.index import Index
 
     index = Index.load(store)
     try:
@@ -26,8 +25,8 @@ def _seg_from_store(store: str, frame: str) -> np.ndarray:
 
 def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray) -> np.ndarray:
     """before | after | |after - before| (RGB), the two flows drawn on one colour scale."""
-    from pipeline.flow_viz import error_to_color, flow_to_color, hstack
-    from pipeline.show import label_edges
+    from unsamflow.pipeline.flow.viz import error_to_color, flow_to_color, hstack
+    from unsamflow.pipeline.show import label_edges
 
     mag = float(np.linalg.norm(before, axis=2).max()) or 1.0
     diff = np.linalg.norm(after - before, axis=2)
@@ -61,9 +60,9 @@ def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray)
 def refine(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransac_thresh, min_inlier_rate,
            min_pixels, include_background, picture, report_path, seed) -> None:
     """Fit a homography to each full_seg region's flow and replace the flow where it fits well."""
-    from pipeline.flow_io import read_flow, read_label_png, read_mask_png, write_flow
-    from pipeline.flow_viz import write_png
-    from trainer.refine import refine_flow
+    from unsamflow.pipeline.flow.io import read_flow, read_label_png, read_mask_png, write_flow
+    from unsamflow.pipeline.images import write_png
+    from unsamflow.trainer.refine import refine_flow
 
     if (seg_path is None) == (store is None):
         raise BadInputError("give exactly one of --seg PNG or --store DIR (with --frame)")

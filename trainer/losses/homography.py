@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from trainer.homography_fit import fit_homographies
-from trainer.warp import mesh_grid
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.trainer.homography_fit import fit_homographies
+from unsamflow.trainer.warp import mesh_grid
 
 # RANSAC reprojection thresholds (px) of the reference configurations.
 RANSAC_THRESH = {"sintel": 3.0, "kitti": 0.5}
@@ -81,7 +81,7 @@ def homography_loss(
     """
     b, _, h, w = flow.shape
     if full_seg.numel() != b * h * w or occ.numel() != b * h * w:
-        raise ValueError(
+        raise BadInputError(
             f"homography_loss: flow is {b}x2x{h}x{w} but full_seg has shape {tuple(full_seg.shape)} "
             f"and occ {tuple(occ.shape)}"
         )

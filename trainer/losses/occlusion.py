@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from trainer.warp import flow_warp, mesh_grid
+from unsamflow.trainer.warp import flow_warp, mesh_grid
 
 
 def occlusion_fb(

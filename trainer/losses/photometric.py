@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-
-from trainer.losses.occlusion import occlusion_fb, occlusion_range
-from trainer.warp import flow_warp
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.trainer.losses.occlusion import occlusion_fb, occlusion_range
+from unsamflow.trainer.warp import flow_warp
 
 LEVEL_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 0.0)
 
@@ -76,7 +76,7 @@ def occlusion_masks(
         return occlusion_range(flow21), occlusion_range(flow12)
     if method == "fb":
         return occlusion_fb(flow12, flow21), occlusion_fb(flow21, flow12)
-    raise ValueError(f"occlusion method {method!r}: expected 'range', 'fb' or None")
+    raise BadInputError(f"occlusion method {method!r}: expected 'range', 'fb' or None")
 
 
 def photometric_loss(
@@ -99,7 +99,7 @@ def photometric_loss(
     from stage 1: w_ternary 1 and the others 0.
     """
     if len(flows12) != len(flows21):
-        raise ValueError(f"flows12 has {len(flows12)} levels but flows21 has {len(flows21)}")
+        raise BadInputError(f"flows12 has {len(flows12)} levels but flows21 has {len(flows21)}")
     with torch.no_grad():
         occ1, occ2 = occlusion_masks(flows12[0].detach(), flows21[0].detach(), occlusion)
     total = img1.new_zeros(())

@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
-
-from pipeline.errors import BadInputError
+from unsamflow.pipeline.errors import BadInputError
 
 
 class _Layout:

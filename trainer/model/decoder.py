@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from trainer.model.pyramid import conv
+from unsamflow.trainer.model.pyramid import conv
 
 
 class FlowEstimatorReduced(nn.Module):

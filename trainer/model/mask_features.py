@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from pipeline.errors import BadInputError
-from trainer.model.pyramid import conv
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.trainer.model.pyramid import conv
 
 MASK_CHANNELS = 32
 

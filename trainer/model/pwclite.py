@@ -14,14 +14,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from pipeline.errors import BadInputError
-from trainer.model.correlation import correlation
-from trainer.model.decoder import ContextNetwork, FlowEstimatorReduced
-from trainer.model.mask_features import MaskFeatures
-from trainer.model.pyramid import PYRAMID_CHANNELS, FeaturePyramid, conv
-from trainer.model.upsample import ConvexUpsampler
-from trainer.warp import flow_warp
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.trainer.model.correlation import correlation
+from unsamflow.trainer.model.decoder import ContextNetwork, FlowEstimatorReduced
+from unsamflow.trainer.model.mask_features import MaskFeatures
+from unsamflow.trainer.model.pyramid import PYRAMID_CHANNELS, FeaturePyramid, conv
+from unsamflow.trainer.model.upsample import ConvexUpsampler
+from unsamflow.trainer.warp import flow_warp
 
 SIZE_MULTIPLE = 64  # the coarsest pyramid level is 1/64
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from trainer.model.pyramid import conv
+from unsamflow.trainer.model.pyramid import conv
 
 
 class ConvexUpsampler(nn.Module):

@@ -1,4 +1,4 @@
-"""Synthetic data sets on disk: scenes of pipeline.synthetic_scenes written as a Sintel-like tree.
+"""Synthetic data sets on disk: scenes of pipeline.synthetic.scenes written as a Sintel-like tree.
 
 Deterministic by seed (sequence i of a set with seed S is scene (S, i)), idempotent and resumable:
 each finished sequence leaves a marker under .synth/, and manifest.json is written last.
@@ -21,12 +21,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.atomic import write_bytes_atomic
-from pipeline.errors import BadInputError
-from pipeline.flow_io import write_flo, write_mask_png, write_png_atomic
-from pipeline.manifest import Frame, Manifest, Pair
-from pipeline.synthetic_scenes import SceneConfig, config_for, make_scene
+from unsamflow.pipeline.atomic import write_bytes_atomic
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.flow.io import write_flo, write_mask_png
+from unsamflow.pipeline.images import write_png
+from unsamflow.pipeline.manifest import Frame, Manifest, Pair
+from unsamflow.pipeline.synthetic.scenes import SceneConfig, config_for, make_scene
 
 LAYOUT = "synthetic"
 
@@ -73,8 +73,8 @@ def write_sequence(
     for t, (img, inst) in enumerate(zip(scene.frames, scene.instances, strict=True)):
         k = t + 1
         fid = frame_path("clean", seq, k)
-        write_png_atomic(out / fid, img[..., ::-1])
-        write_png_atomic(out / frame_path("instances", seq, k), inst)
+        write_png(out / fid, img)
+        write_png(out / frame_path("instances", seq, k), inst)
         frames.append(Frame(fid, f"training/clean/{seq}"))
         if t + 1 < config.frames:
             fw, occ = scene.flow(t, t + 1)

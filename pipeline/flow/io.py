@@ -16,9 +16,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from pipeline.atomic import write_bytes_atomic
-from pipeline.errors import BadInputError
+from unsamflow.pipeline.atomic import write_bytes_atomic
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.images import write_png
 
 FLO_MAGIC = 202021.25
 FLO_UNKNOWN = 1e10  # what we write for unknown flow (Middlebury's flowIO writes the same)
@@ -91,9 +91,9 @@ def write_kitti_flow(path: str | Path, flow: np.ndarray, valid: np.ndarray | Non
         ok &= _check_mask(valid, (h, w), path)
     q = np.clip(np.rint(np.nan_to_num(flow) * KITTI_SCALE) + KITTI_OFFSET, 0, 65535).astype(np.uint16)
     img = np.zeros((h, w, 3), np.uint16)
-    img[..., 2], img[..., 1], img[..., 0] = q[..., 0], q[..., 1], ok.astype(np.uint16)
-    img[~ok, 1:] = KITTI_OFFSET  # invalid pixels hold zero flow, as KITTI's own files do
-    return write_png_atomic(path, img)
+    img[..., 0], img[..., 1], img[..., 2] = q[..., 0], q[..., 1], ok.astype(np.uint16)  # R=u, G=v, B=valid
+    img[~ok, :2] = KITTI_OFFSET  # invalid pixels hold zero flow, as KITTI's own files do
+    return write_png(path, img)
 
 
 # -- masks ---------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def write_mask_png(path: str | Path, mask: np.ndarray) -> Path:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise BadInputError(f"{path}: mask must be H x W, got shape {mask.shape}")
-    return write_png_atomic(path, mask.astype(np.uint8) * 255)
+    return write_png(path, mask.astype(np.uint8) * 255)
 
 
 def read_label_png(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -152,14 +152,6 @@ def write_flow(path: str | Path, flow: np.ndarray, valid: np.ndarray | None = No
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def write_png_atomic(path: str | Path, img: np.ndarray) -> Path:
-    """Write an image as PNG exactly as given (8 or 16 bits; colour in OpenCV's BGR order), atomically."""
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img))
-    if not ok:
-        raise BadInputError(f"{path}: PNG encoding failed")
-    return write_bytes_atomic(path, buf.tobytes())
-
-
 def _read_png(path: str | Path, kind: str, dtype: type) -> np.ndarray:
     """A PNG decoded as stored (OpenCV's BGR order), refused unless it holds `dtype` values."""
     data = _read_bytes(path)

@@ -11,7 +11,7 @@ truth agrees with the pictures to the pixel.
 
 Deterministic by seed: sequence i of a set with seed S uses numpy's generator seeded with (S, i).
 
-Writing scenes to disk as a data set: pipeline.synthetic_dataset.
+Writing scenes to disk as a data set: pipeline.synthetic.dataset.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from functools import cached_property
 
 import cv2
 import numpy as np
-
-from pipeline.errors import BadInputError
+from unsamflow.pipeline.errors import BadInputError
 
 SHAPES = ("ellipse", "polygon", "rectangle")
 TEXTURES = ("noise", "stripes", "checker", "dots")

@@ -9,12 +9,9 @@ longer than max_flow are drawn at full saturation), and black for unknown pixels
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-import cv2
 import numpy as np
-
-from pipeline.errors import BadInputError
+from unsamflow.pipeline.errors import BadInputError
 
 
 def _make_colorwheel() -> np.ndarray:
@@ -126,11 +123,3 @@ def hstack(tiles: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
             out.append(np.full((h, gap, 3), 255, np.uint8))
     return np.concatenate(out, axis=1)
 
-
-def write_png(path: str | Path, rgb: np.ndarray) -> Path:
-    """Write an RGB uint8 picture as PNG (creating folders)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1])):
-        raise BadInputError(f"{path}: cannot write PNG")
-    return path

@@ -11,9 +11,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.atomic import write_bytes_atomic
-from pipeline.errors import StoreError
-from pipeline.store import FrameMasks, MaskStore
+from unsamflow.pipeline.atomic import write_bytes_atomic
+from unsamflow.pipeline.errors import StoreError
+from unsamflow.pipeline.store.reader import MaskStore
+from unsamflow.pipeline.store.schema import FrameMasks
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "unsamflow-index"

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipeline.errors import BadFrameError, BadInputError
-from pipeline.flow_io import read_flo, read_flow, read_label_png, read_mask_png
-from pipeline.images import read_rgb
-from pipeline.manifest import Manifest, Pair
+from unsamflow.pipeline.errors import BadFrameError, BadInputError
+from unsamflow.pipeline.flow.io import read_flo, read_flow, read_label_png, read_mask_png
+from unsamflow.pipeline.images import read_rgb
+from unsamflow.pipeline.manifest import Manifest, Pair
 
 # ptlflow-like name -> (layout, scan options)
 DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -113,7 +112,9 @@ class FlowDataset:
         return valid_occ & ~valid_noc
 
     def _synthetic_extras(self, pair: Pair, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-        from pipeline.synthetic_dataset import gt_paths  # only synthetic sets need the generator's names
+        from unsamflow.pipeline.synthetic.dataset import (
+            gt_paths,  # only synthetic sets need the generator's names
+        )
 
         out: dict[str, np.ndarray] = {}
         for key, rel in gt_paths(pair.frame1, pair.frame2).items():
@@ -131,7 +132,7 @@ class FlowDataset:
 
 def open_dataset(name: str, root: str | Path, gt_only: bool = False, **options: Any) -> FlowDataset:
     """A FlowDataset by ptlflow-like name (DATASETS); options override the name's scan options."""
-    from pipeline.layouts import scan
+    from unsamflow.pipeline.layouts import scan
 
     if name not in DATASETS:
         raise BadInputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

@@ -1,0 +1,223 @@
+"""Reading a mask store one frame at a time, safely across fork and spawn (see schema)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+from unsamflow.pipeline.errors import StoreError
+from unsamflow.pipeline.store import codec
+from unsamflow.pipeline.store.schema import _JSON_ATTRS, FORMAT_NAME, FORMAT_VERSION, FrameMasks
+
+
+class MaskStore:
+    """Read-only view of one store. Opens on first use and again after a fork (DataLoader workers)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"mask store not found: {self.path}")
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+
+    # -- opening ------------------------------------------------------------------------------
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = None  # a handle inherited through fork is never used (nor closed) here
+            self._open()
+        return self._h5
+
+    def _open(self) -> None:
+        try:
+            # Stores are never modified in place (writers replace them whole), so readers need no
+            # HDF5 file lock; locking fails on some cluster filesystems.
+            h5 = h5py.File(self.path, "r", locking=False)
+        except FileNotFoundError:
+            raise StoreError(f"mask store not found: {self.path}") from None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        try:
+            fmt = h5.attrs.get("format")
+            if fmt != FORMAT_NAME:
+                raise StoreError(f"{self.path}: not an unsamflow mask store (format={fmt!r})")
+            version = int(h5.attrs.get("format_version", -1))
+            if version > FORMAT_VERSION:
+                raise StoreError(f"{self.path}: format version {version} is newer than this unsamflow "
+                                 f"reads ({FORMAT_VERSION}); upgrade unsamflow")
+            if version < 1:
+                raise StoreError(f"{self.path}: invalid format version {version}")
+            self._meta = {k: json.loads(h5.attrs[k]) for k in _JSON_ATTRS}
+            self._version = version
+            ids = [s.decode() if isinstance(s, bytes) else s for s in h5["frames/id"][()]]
+            self._ids = ids
+            self._rows = {fid: i for i, fid in enumerate(ids)}
+            self._shape = h5["frames/image_shape"][()]
+            self._sha = h5["frames/sha256"][()]
+            self._mstart = h5["frames/mask_start"][()]
+            self._mcount = h5["frames/mask_count"][()]
+            self._segstart = h5["derived/seg_start"][()]
+            self._segsize = h5["derived/seg_itemsize"][()]
+            self._kstart = h5["derived/key_start"][()]
+            self._kcount = h5["derived/key_count"][()]
+            self._bad = dict(zip(h5["bad/id"].asstr()[()], h5["bad/reason"].asstr()[()], strict=True))
+        except StoreError:
+            h5.close()
+            raise
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            h5.close()
+            raise StoreError(f"{self.path}: corrupt or incomplete mask store ({exc})") from None
+        self._h5 = h5
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+    def __enter__(self) -> MaskStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:  # picklable for spawn-started workers: the handle stays behind
+        return {"path": self.path, "_h5": None, "_pid": None}
+
+    def __repr__(self) -> str:
+        return f"MaskStore({str(self.path)!r})"
+
+    # -- metadata -----------------------------------------------------------------------------
+    @property
+    def format_version(self) -> int:
+        self._file()
+        return self._version
+
+    @property
+    def segmenter(self) -> dict:
+        self._file()
+        return self._meta["segmenter"]
+
+    @property
+    def derive_config(self) -> dict:
+        self._file()
+        return self._meta["derive_config"]
+
+    @property
+    def source(self) -> dict:
+        self._file()
+        return self._meta["source"]
+
+    @property
+    def shard(self) -> dict:
+        self._file()
+        return self._meta["shard"]
+
+    @property
+    def attrs(self) -> dict:
+        """Every root attribute (created, library_version, ...), JSON ones decoded."""
+        h5 = self._file()
+        return {k: self._meta.get(k, v) for k, v in h5.attrs.items()}
+
+    @property
+    def frame_ids(self) -> list[str]:
+        self._file()
+        return list(self._ids)
+
+    @property
+    def bad_frames(self) -> dict[str, str]:
+        self._file()
+        return dict(self._bad)
+
+    def __len__(self) -> int:
+        self._file()
+        return len(self._ids)
+
+    def __contains__(self, frame_id: str) -> bool:
+        self._file()
+        return frame_id in self._rows
+
+    def row(self, frame_id: str) -> int:
+        self._file()
+        try:
+            return self._rows[frame_id]
+        except KeyError:
+            hint = f" (recorded as bad: {self._bad[frame_id]})" if frame_id in self._bad else ""
+            raise StoreError(f"{self.path}: no frame {frame_id!r}{hint}") from None
+
+    def _row_of(self, key: str | int) -> int:
+        if isinstance(key, str):
+            return self.row(key)
+        self._file()
+        row = int(key)
+        if not 0 <= row < len(self._ids):
+            raise StoreError(f"{self.path}: row {row} out of range (store has {len(self._ids)} frames)")
+        return row
+
+    def image_shape(self, key: str | int) -> tuple[int, int]:
+        r = self._row_of(key)
+        return int(self._shape[r, 0]), int(self._shape[r, 1])
+
+    # -- data ---------------------------------------------------------------------------------
+    def _slice(self, name: str, start: int, count: int) -> np.ndarray:
+        try:
+            return self._file()[name][start : start + count]
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.path}: cannot read {name} ({exc})") from None
+
+    def read_full_seg(self, key: str | int) -> np.ndarray:
+        """(H, W) labels of one frame, in the smallest unsigned dtype that holds them."""
+        r = self._row_of(key)
+        h, w = self.image_shape(r)
+        size = int(self._segsize[r])
+        raw = self._slice("derived/full_seg", int(self._segstart[r]), h * w * size)
+        return raw.view(np.dtype(f"<u{size}")).reshape(h, w)
+
+    def read_key_objects(self, key: str | int) -> np.ndarray:
+        r = self._row_of(key)
+        return self._slice("derived/key_objects", int(self._kstart[r]), int(self._kcount[r]))
+
+    def read_masks(self, key: str | int, indices=None) -> np.ndarray:
+        """(N, H, W) bool masks of one frame, or only those at `indices` (e.g. its key objects)."""
+        r = self._row_of(key)
+        start, n = int(self._mstart[r]), int(self._mcount[r])
+        boxes = self._slice("masks/box", start, n)
+        starts = self._slice("masks/run_start", start, n)
+        counts = self._slice("masks/run_count", start, n)
+        if indices is not None:
+            idx = np.asarray(indices, np.int64).reshape(-1)
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise StoreError(
+                    f"{self.path}: frame {self._ids[r]!r} has {n} masks, asked for {idx.tolist()}"
+                )
+            boxes, starts, counts = boxes[idx], starts[idx], counts[idx]
+        if len(boxes) == 0:
+            return np.zeros((0, *self.image_shape(r)), bool)
+        lo, hi = int(starts.min()), int((starts + counts).max())
+        runs = self._slice("masks/runs", lo, hi - lo)
+        return codec.decode_masks(self.image_shape(r), boxes, runs, starts - lo, counts)
+
+    def read(self, key: str | int) -> FrameMasks:
+        """Everything about one frame (by id or row); touches only that frame's slices."""
+        r = self._row_of(key)
+        start, n = int(self._mstart[r]), int(self._mcount[r])
+        return FrameMasks(
+            frame_id=self._ids[r],
+            image_shape=self.image_shape(r),
+            sha256=self._sha[r].decode("ascii"),
+            masks=self.read_masks(r),
+            area=self._slice("masks/area", start, n),
+            bbox=self._slice("masks/bbox", start, n),
+            predicted_iou=self._slice("masks/predicted_iou", start, n),
+            stability_score=self._slice("masks/stability_score", start, n),
+            point_coords=self._slice("masks/point_coords", start, n),
+            crop_box=self._slice("masks/crop_box", start, n),
+            full_seg=self.read_full_seg(r),
+            key_objects=self.read_key_objects(r),
+        )
+
+    def sha256(self, key: str | int) -> str:
+        return self._sha[self._row_of(key)].decode("ascii")
+

@@ -1,0 +1,228 @@
+"""Writing a mask store: buffered appends under a temporary name, committed atomically (see schema)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from unsamflow.pipeline.atomic import replace_atomic, temp_path
+from unsamflow.pipeline.canonical import canonical_json
+from unsamflow.pipeline.errors import StoreError
+from unsamflow.pipeline.store import codec
+from unsamflow.pipeline.store.schema import (
+    _BAD_FIELDS,
+    _DERIVED_FIELDS,
+    _FRAME_FIELDS,
+    _GZIP,
+    _MASK_FIELDS,
+    _STR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    library_version,
+    seg_dtype,
+)
+
+
+class Appender:
+    """Buffered appends to resizable 1-D-ragged datasets: memory stays bounded by `flush_bytes`."""
+
+    def __init__(self, h5: h5py.File, fields: dict, flush_bytes: int = 32 << 20):
+        self.h5 = h5
+        self.fields = fields
+        self.flush_bytes = flush_bytes
+        self.pending: dict[str, list[np.ndarray]] = {name: [] for name in fields}
+        self.pending_bytes = 0
+        self.sizes = {name: 0 for name in fields}  # rows written + buffered
+        for name, (dtype, tail, chunk) in fields.items():
+            if name in h5:
+                self.sizes[name] = h5[name].shape[0]
+                continue
+            h5.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                              chunks=(chunk, *tail), **_GZIP)
+
+    def add(self, name: str, values) -> int:
+        """Queue rows for `name`; returns the row index of the first of them."""
+        dtype, tail, _ = self.fields[name]
+        arr = np.asarray(values, dtype=object if dtype is _STR else dtype).reshape(-1, *tail)
+        start = self.sizes[name]
+        self.sizes[name] += len(arr)
+        self.pending[name].append(arr)
+        self.pending_bytes += arr.nbytes
+        if self.pending_bytes >= self.flush_bytes:
+            self.flush()
+        return start
+
+    def flush(self) -> None:
+        for name, parts in self.pending.items():
+            if not parts:
+                continue
+            ds = self.h5[name]
+            data = np.concatenate(parts)
+            old = ds.shape[0]
+            ds.resize(old + len(data), axis=0)
+            ds[old:] = data
+            parts.clear()
+        self.pending_bytes = 0
+
+
+def check_derived(frame_id: str, shape: tuple[int, int], n_masks: int, full_seg, key_objects
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(full_seg in its smallest unsigned dtype, key indices as int64), or StoreError naming the frame."""
+    full_seg = np.asarray(full_seg)
+    if full_seg.shape != tuple(shape):
+        raise StoreError(f"frame {frame_id!r}: full_seg shape {full_seg.shape} != image shape {tuple(shape)}")
+    if full_seg.size and (full_seg.min() < 0 or full_seg.max() > n_masks):
+        raise StoreError(f"frame {frame_id!r}: full_seg labels outside 0..{n_masks} (it has {n_masks} masks)")
+    key = np.asarray(key_objects, np.int64).reshape(-1)
+    if key.size and (key.min() < 0 or key.max() >= n_masks):
+        raise StoreError(f"frame {frame_id!r}: key-object index outside 0..{n_masks - 1}")
+    dt = seg_dtype(int(full_seg.max()) if full_seg.size else 0)
+    return np.ascontiguousarray(full_seg, dtype=dt), key
+
+
+def add_derived(app: Appender, full_seg: np.ndarray, key: np.ndarray) -> None:
+    app.add("derived/seg_start", app.sizes["derived/full_seg"])
+    app.add("derived/seg_itemsize", full_seg.dtype.itemsize)
+    app.add("derived/full_seg", full_seg.view(np.uint8).reshape(-1))
+    app.add("derived/key_start", app.sizes["derived/key_objects"])
+    app.add("derived/key_count", key.size)
+    app.add("derived/key_objects", key)
+
+
+def _integral(values, what: str, frame_id: str, i: int) -> np.ndarray:
+    arr = np.asarray(values, np.float64).reshape(-1)
+    if arr.size != 4 or not np.all(arr == np.round(arr)):
+        raise StoreError(f"frame {frame_id!r}, mask {i}: {what} must be 4 integers, got {values!r}")
+    return arr.astype(np.int32)
+
+
+class StoreWriter:
+    """Writes one store under a temporary name; `commit()` makes it appear complete, atomically.
+
+    Use as a context manager: an exception (or `abort()`) removes the temporary file and leaves
+    any existing file at `path` untouched; leaving the block normally commits. Frames are buffered
+    up to `buffer_bytes` and then appended to resizable datasets, so memory stays bounded however
+    many frames a shard has.
+    """
+
+    def __init__(self, path: str | Path, *, segmenter: dict, derive_config: dict, source: dict,
+                 shard: dict | None = None, buffer_bytes: int = 32 << 20):
+        self.path = Path(path)
+        self.tmp = temp_path(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._h5: h5py.File | None = h5py.File(self.tmp, "w")
+        self._ids: set[str] = set()
+        self._done = False
+        attrs = self._h5.attrs
+        attrs["format"] = FORMAT_NAME
+        attrs["format_version"] = FORMAT_VERSION
+        attrs["segmenter"] = canonical_json(segmenter)
+        attrs["derive_config"] = canonical_json(derive_config)
+        attrs["source"] = canonical_json(source)
+        attrs["shard"] = canonical_json(shard or {})
+        attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        attrs["library_version"] = library_version()
+        fields = {**_FRAME_FIELDS, **_MASK_FIELDS, **_DERIVED_FIELDS, **_BAD_FIELDS}
+        self._app = Appender(self._h5, fields, flush_bytes=buffer_bytes)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._done:
+            self.commit()
+
+    def _check_new(self, frame_id: str) -> None:
+        if self._done:
+            raise StoreError(f"{self.path}: writer already committed or aborted")
+        if not isinstance(frame_id, str) or not frame_id:
+            raise StoreError(f"{self.path}: frame id must be a non-empty string, got {frame_id!r}")
+        if frame_id in self._ids:
+            raise StoreError(f"{self.path}: frame {frame_id!r} added twice")
+
+    def add_frame(self, frame_id: str, *, image_shape: tuple[int, int], sha256: str,
+                  records: list[dict], full_seg: np.ndarray, key_objects,
+                  boxes: np.ndarray | None = None) -> None:
+        """One segmented frame: its SAM-style records and derived products.
+
+        `boxes`: the masks' tight boxes (`codec.tight_boxes`) when the caller computed them already.
+        """
+        self._check_new(frame_id)
+        shape = (int(image_shape[0]), int(image_shape[1]))
+        if len(sha256) != 64:
+            raise StoreError(f"frame {frame_id!r}: sha256 must be 64 hex characters, got {sha256!r}")
+        app = self._app
+        n = len(records)
+        cols: dict[str, list] = {k: [] for k in ("area", "bbox", "predicted_iou", "stability_score",
+                                                 "point_coords", "crop_box", "box", "run_start",
+                                                 "run_count")}
+        run_pos = app.sizes["masks/runs"]
+        runs = []
+        for i, rec in enumerate(records):
+            seg = np.asarray(rec["segmentation"], bool)
+            if seg.shape != shape:
+                raise StoreError(f"frame {frame_id!r}, mask {i}: shape {seg.shape} != image shape {shape}")
+            box, mask_runs = codec.encode_mask(seg, None if boxes is None else boxes[i])
+            cols["box"].append(box)
+            cols["run_start"].append(run_pos)
+            cols["run_count"].append(mask_runs.size)
+            runs.append(mask_runs)
+            run_pos += mask_runs.size
+            cols["area"].append(int(rec["area"]))
+            cols["bbox"].append(_integral(rec["bbox"], "bbox", frame_id, i))
+            cols["crop_box"].append(_integral(rec["crop_box"], "crop_box", frame_id, i))
+            cols["predicted_iou"].append(float(rec["predicted_iou"]))
+            cols["stability_score"].append(float(rec["stability_score"]))
+            pc = np.asarray(rec["point_coords"], np.float64).reshape(-1)
+            if pc.size != 2:
+                raise StoreError(f"frame {frame_id!r}, mask {i}: point_coords must be one [x, y] point")
+            cols["point_coords"].append(pc)
+        full_seg, key = check_derived(frame_id, shape, n, full_seg, key_objects)  # before any append
+        app.add("frames/id", [frame_id])
+        app.add("frames/image_shape", shape)
+        app.add("frames/sha256", sha256.encode("ascii"))
+        app.add("frames/mask_start", app.sizes["masks/area"])
+        app.add("frames/mask_count", n)
+        for k, v in cols.items():
+            app.add(f"masks/{k}", v)
+        app.add("masks/runs", np.concatenate(runs) if runs else np.zeros(0, codec.RUN_DTYPE))
+        add_derived(app, full_seg, key)
+        self._ids.add(frame_id)
+
+    def add_bad(self, frame_id: str, reason: str) -> None:
+        """A frame that could not be used, with why (it has no row and no masks)."""
+        self._check_new(frame_id)
+        self._app.add("bad/id", [frame_id])
+        self._app.add("bad/reason", [str(reason)])
+        self._ids.add(frame_id)
+
+    def commit(self) -> Path:
+        """Flush, close, fsync, then rename to the final name (replacing an older store)."""
+        if self._done:
+            raise StoreError(f"{self.path}: writer already committed or aborted")
+        try:
+            self._app.flush()
+            self._h5.attrs["frame_count"] = self._app.sizes["frames/id"]
+            self._h5.attrs["bad_count"] = self._app.sizes["bad/id"]
+            self._h5.close()
+            self._h5 = None
+            replace_atomic(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return self.path
+
+    def abort(self) -> None:
+        """Drop everything written so far; the final path is not touched."""
+        self._done = True
+        if self._h5 is not None:
+            with contextlib.suppress(Exception):  # already broken; the file goes anyway
+                self._h5.close()
+            self._h5 = None
+        self.tmp.unlink(missing_ok=True)
