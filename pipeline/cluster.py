@@ -4,6 +4,14 @@ The local cluster is a SpecCluster of Nanny processes so that each worker can ge
 environment: with GPUs, one worker per device pinned by CUDA_VISIBLE_DEVICES (the same thing
 dask-cuda does, without requiring it); on CPU, N single-threaded workers whose math libraries are
 limited to their share of the cores so that N workers do not oversubscribe the machine.
+
+Network exposure. A Dask scheduler runs whatever code a connected client sends it, and Dask has no
+authentication besides TLS client certificates: anyone who can reach a scheduler or worker port can
+run code as the user. So the local cluster binds everything it opens (scheduler, nannies, workers,
+the dashboard and the HTTP endpoints Dask serves even without a dashboard) to 127.0.0.1 - Dask's own
+default is every interface. Loopback keeps the network out, not other users of the same machine.
+Work across machines goes through an explicit --scheduler or SLURM; with --tls-ca/--tls-cert/
+--tls-key (or Dask's config, `distributed.comm.tls.*`), connections use mutual TLS.
 """
 
 from __future__ import annotations
@@ -13,21 +21,29 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from pipeline.errors import BadInputError
+from unsamflow.pipeline.errors import BadInputError
+
+LOOPBACK = "127.0.0.1"
+TLS_OPTIONS = {"tls_ca": "--tls-ca", "tls_cert": "--tls-cert", "tls_key": "--tls-key"}
 
 
 @dataclass
 class ClusterConfig:
     """How to get a cluster. Exactly one of scheduler / slurm, or neither for a local cluster."""
 
-    scheduler: str | None = None  # address of a running scheduler, e.g. tcp://10.0.0.5:8786
+    scheduler: str | None = None  # address of a running scheduler, e.g. tls://10.0.0.5:8786
     workers: int | None = None  # local: number of workers (default: GPUs, else min(cores, 4))
     threads_per_worker: int = 1
-    dashboard: str | None = ":0"  # local dashboard address (None: no dashboard)
+    dashboard: str | None = LOOPBACK + ":0"  # local dashboard address (None: no dashboard)
     gpus: list[int] | None = None  # local: device ids to use (default: all visible)
     slurm: dict = field(default_factory=dict)  # SLURMCluster options + "jobs"; empty: not SLURM
     connect_timeout: str = "30s"  # how long to wait for --scheduler to answer
+    # Mutual TLS: all three PEM files or none. None: Dask's config (distributed.comm.tls.*) decides.
+    tls_ca: str | None = None  # CA that signed the peers' certificates
+    tls_cert: str | None = None  # this side's certificate, signed by tls_ca
+    tls_key: str | None = None  # this side's private key
 
 
 # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap
@@ -35,6 +51,80 @@ class ClusterConfig:
 # graph segmenter: 50% slower than glibc's defaults; these values are 8% faster than the defaults.
 # glibc reads them at process start, so they go into Dask's *pre-spawn* environment.
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(128 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+
+
+def check_tls(cfg: ClusterConfig) -> None:
+    """Refuse unusable TLS settings before any work starts, naming the option at fault.
+
+    All three files or none: Dask's TLS is mutual (the scheduler asks for a client certificate), so
+    a CA alone or a certificate alone cannot connect. A tcp:// scheduler with TLS files is refused
+    rather than silently sent in clear text, which is what the user meant to avoid. The files are
+    loaded here too, so a key that does not belong to its certificate fails now, not in a worker.
+    """
+    given = {key: getattr(cfg, key) for key in TLS_OPTIONS if getattr(cfg, key)}
+    if not given:
+        return
+    if len(given) < len(TLS_OPTIONS):
+        missing = [flag for key, flag in TLS_OPTIONS.items() if key not in given]
+        have = [TLS_OPTIONS[key] for key in given]
+        raise BadInputError(
+            f"{', '.join(have)} also need{'s' if len(have) == 1 else ''} {' and '.join(missing)}: "
+            "Dask's TLS is mutual, give all of --tls-ca, --tls-cert and --tls-key"
+        )
+    for key, value in given.items():
+        path = Path(value)
+        if not path.is_file():
+            raise BadInputError(f"{TLS_OPTIONS[key]}: file not found: {path}")
+    if cfg.scheduler and not cfg.scheduler.startswith("tls://"):
+        raise BadInputError(
+            f"--scheduler {cfg.scheduler}: TLS options need a tls:// address (e.g. tls://head-node:8786) "
+            "of a scheduler started with `dask scheduler --protocol tls --tls-ca-file ... --tls-cert ... "
+            "--tls-key ...`"
+        )
+    try:  # Security loads the files lazily; building the client's SSL context loads them all
+        _mutual_tls(cfg).get_connection_args("client")
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise BadInputError(
+            f"--tls-ca {cfg.tls_ca}, --tls-cert {cfg.tls_cert}, --tls-key {cfg.tls_key}: "
+            f"unusable TLS files: {exc}"
+        ) from None
+
+
+def _mutual_tls(cfg: ClusterConfig):
+    from distributed.security import Security
+
+    ca, cert, key = (str(Path(p).resolve()) for p in (cfg.tls_ca, cfg.tls_cert, cfg.tls_key))
+    return Security(
+        tls_ca_file=ca,
+        tls_client_cert=cert, tls_client_key=key,
+        tls_scheduler_cert=cert, tls_scheduler_key=key,
+        tls_worker_cert=cert, tls_worker_key=key,
+        require_encryption=True,
+    )
+
+
+def cluster_security(cfg: ClusterConfig):
+    """The distributed.security.Security for every connection we make or accept.
+
+    With --tls-* files: mutual TLS with those files for every role (client, scheduler, worker: one
+    certificate serves a process in both directions), and require_encryption, so that nothing falls
+    back to clear text. Without them: Security(), which reads Dask's config (distributed.comm.tls.*
+    and distributed.comm.require-encryption), so a site that configures TLS there needs no options.
+    """
+    from distributed.security import Security
+
+    check_tls(cfg)
+    return _mutual_tls(cfg) if cfg.tls_ca else Security()
+
+
+def loopback_address(address: str | None) -> str | None:
+    """A dashboard address with no host (":0", "8787") bound to loopback instead of every interface."""
+    if address is None:
+        return None
+    host, sep, port = str(address).rpartition(":")
+    if not sep:
+        return f"{LOOPBACK}:{address}"
+    return address if host else f"{LOOPBACK}:{port}"
 
 
 def visible_gpus() -> list[int]:
@@ -47,10 +137,15 @@ def visible_gpus() -> list[int]:
         return []
 
 
-def local_worker_specs(cfg: ClusterConfig) -> dict[str, dict]:
-    """Nanny specs for the local cluster: one per GPU (pinned), else N CPU workers."""
+def local_worker_specs(cfg: ClusterConfig, security=None) -> dict[str, dict]:
+    """Nanny specs for the local cluster: one per GPU (pinned), else N CPU workers.
+
+    Every nanny and its worker listen on loopback only (see the module docstring); with TLS, both
+    speak tls:// with the given Security.
+    """
     from distributed import Nanny
 
+    net = network_options(cfg, security)
     gpus = cfg.gpus if cfg.gpus is not None else visible_gpus()
     specs: dict[str, dict] = {}
     if gpus:
@@ -62,7 +157,7 @@ def local_worker_specs(cfg: ClusterConfig) -> dict[str, dict]:
             specs[f"gpu{dev}"] = {
                 "cls": Nanny,
                 "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}, "name": f"gpu{dev}",
-                            "silence_logs": logging.WARNING},
+                            "silence_logs": logging.WARNING, **net},
             }
         return specs
     n = cfg.workers or max(1, min(os.cpu_count() or 1, 4))
@@ -72,9 +167,21 @@ def local_worker_specs(cfg: ClusterConfig) -> dict[str, dict]:
         specs[f"cpu{i}"] = {
             "cls": Nanny,
             "options": {"nthreads": cfg.threads_per_worker, "env": env, "name": f"cpu{i}",
-                        "silence_logs": logging.WARNING},
+                        "silence_logs": logging.WARNING, **net},
         }
     return specs
+
+
+def network_options(cfg: ClusterConfig, security=None) -> dict:
+    """Where a local scheduler or nanny listens: loopback, over TLS when the Security asks for it.
+
+    A nanny passes host and protocol on to its worker, so this binds the worker too.
+    """
+    tls = security is not None and bool(security.require_encryption or cfg.tls_ca)
+    out = {"host": LOOPBACK, "protocol": "tls://" if tls else "tcp://"}
+    if security is not None:
+        out["security"] = security
+    return out
 
 
 def pre_spawn_environ(cfg: ClusterConfig) -> dict[str, str]:
@@ -91,11 +198,14 @@ def pre_spawn_environ(cfg: ClusterConfig) -> dict[str, str]:
     }
 
 
-def slurm_cluster(options: dict):
+def slurm_cluster(options: dict, security=None):
     """A dask-jobqueue SLURMCluster (not yet scaled) and the number of jobs to ask for.
 
     options are SLURMCluster's own (queue, account, walltime, job_extra_directives, ...) plus
     "jobs"; cores/processes default to one single-process worker per job (one GPU per job).
+    Its scheduler must be reachable from the compute nodes, so it is not on loopback: give
+    --tls-* (security) to make that network traffic mutual TLS; jobqueue then starts the scheduler
+    and the job scripts' workers on tls:// with those files.
     """
     try:
         from dask_jobqueue import SLURMCluster
@@ -108,6 +218,8 @@ def slurm_cluster(options: dict):
     opts.setdefault("cores", 1)
     opts.setdefault("processes", 1)
     opts.setdefault("memory", "16GB")
+    if security is not None:
+        opts.setdefault("security", security)  # jobqueue then defaults the protocol to tls://
     try:
         cluster = SLURMCluster(**opts)
     except (TypeError, ValueError) as exc:
@@ -129,6 +241,34 @@ def _environ(updates: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def connect(cfg: ClusterConfig, security):
+    """A Client for the scheduler at cfg.scheduler, or a BadInputError that says what to fix.
+
+    Measured against a `dask scheduler --protocol tls`: no TLS files for a tls:// address is refused
+    here before connecting; clear text to the TLS port is reset by the scheduler and a certificate
+    from another CA fails verification (both at once, as CommClosedError, an OSError); the connect
+    timeout bounds whatever does not fail at once (an address nobody answers).
+    """
+    from distributed import Client
+
+    address = cfg.scheduler
+    tls = address.startswith("tls://")
+    if tls and not security.get_connection_args("client").get("ssl_context"):
+        raise BadInputError(
+            f"--scheduler {address} speaks TLS, but no TLS files are set: give --tls-ca, --tls-cert "
+            "and --tls-key (or set distributed.comm.tls.ca-file / .client.cert / .client.key in "
+            "the Dask config)"
+        )
+    try:
+        return Client(address, security=security, timeout=cfg.connect_timeout)
+    except (OSError, ValueError) as exc:  # TimeoutError, CommClosedError, ssl.SSLError are OSErrors
+        hint = ""
+        if not tls and not security.require_encryption:
+            hint = (" (if that scheduler uses TLS, give its tls:// address and --tls-ca, --tls-cert, "
+                    "--tls-key)")
+        raise BadInputError(f"cannot reach Dask scheduler at {address}: {exc}{hint}") from None
+
+
 @contextmanager
 def open_cluster(cfg: ClusterConfig) -> Iterator:
     """Yield a connected distributed.Client; closes what it started (never a user's scheduler)."""
@@ -137,11 +277,9 @@ def open_cluster(cfg: ClusterConfig) -> Iterator:
 
     if cfg.scheduler and cfg.slurm:
         raise BadInputError("give either --scheduler or SLURM options, not both")
+    security = cluster_security(cfg)
     if cfg.scheduler:
-        try:
-            client = Client(cfg.scheduler, timeout=cfg.connect_timeout)
-        except OSError as exc:
-            raise BadInputError(f"cannot reach Dask scheduler at {cfg.scheduler}: {exc}") from None
+        client = connect(cfg, security)
         try:
             yield client
         finally:
@@ -152,21 +290,25 @@ def open_cluster(cfg: ClusterConfig) -> Iterator:
     pre = pre_spawn_environ(cfg)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": pre}), _environ(pre):
         if cfg.slurm:
-            cluster, jobs = slurm_cluster(cfg.slurm)
+            cluster, jobs = slurm_cluster(cfg.slurm, security if cfg.tls_ca else None)
             cluster.scale(jobs=jobs)
         else:
             scheduler = {
                 "cls": Scheduler,
                 "options": {
-                    "dashboard_address": cfg.dashboard or ":0",
+                    # The scheduler serves HTTP (metrics, health, proxy) even without a dashboard,
+                    # on this address; Dask's default for it is every interface.
+                    "dashboard_address": loopback_address(cfg.dashboard) or f"{LOOPBACK}:0",
                     "dashboard": cfg.dashboard is not None,
+                    **network_options(cfg, security),
                 },
             }
             cluster = SpecCluster(
-                workers=local_worker_specs(cfg), scheduler=scheduler, silence_logs=logging.WARNING
+                workers=local_worker_specs(cfg, security), scheduler=scheduler,
+                silence_logs=logging.WARNING, security=security,
             )
         try:
-            client = Client(cluster)
+            client = Client(cluster, security=security)
             try:
                 yield client
             finally:

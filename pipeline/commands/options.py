@@ -8,10 +8,9 @@ from pathlib import Path
 
 import click
 import yaml
-
-from pipeline.cluster import ClusterConfig
-from pipeline.errors import BadInputError
-from pipeline.segmenters.base import SegmenterSpec
+from unsamflow.pipeline.cluster import LOOPBACK, ClusterConfig, check_tls
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.segmenters.base import SegmenterSpec
 
 
 def parse_kv(items: tuple[str, ...], what: str) -> dict:
@@ -55,7 +54,7 @@ def segmenter_options(f):
 
 def derive_options(f):
     """Key-object thresholds (method.md section 1) -> kwargs['derive_config'] (a dict)."""
-    from pipeline.derive import DeriveConfig
+    from unsamflow.pipeline.derive import DeriveConfig
 
     defaults = DeriveConfig()
 
@@ -83,34 +82,52 @@ def derive_options(f):
 
 
 def cluster_options(f):
-    """Where to run: local workers (default), --scheduler ADDRESS, or SLURM -> kwargs['cluster']."""
+    """Where to run: local workers (default), --scheduler ADDRESS, or SLURM -> kwargs['cluster'].
+
+    The local cluster listens on 127.0.0.1 only (a Dask scheduler runs any code a client sends, so
+    it must not be reachable from the network); other machines take part only through an explicit
+    --scheduler or SLURM, secured with --tls-ca/--tls-cert/--tls-key or Dask's own TLS config.
+    The TLS options are checked here, before any stage runs.
+    """
 
     @click.option("--workers", type=click.IntRange(min=1), default=None,
                   help="Local workers (default: one per GPU, else min(cores, 4)).")
     @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
     @click.option("--scheduler", default=None, metavar="ADDRESS",
-                  help="Use a running Dask scheduler, e.g. tcp://head-node:8786.")
+                  help="Use a running Dask scheduler, e.g. tls://head-node:8786 (with --tls-*). "
+                       "Without it the command starts a local cluster bound to 127.0.0.1.")
+    @click.option("--tls-ca", type=click.Path(dir_okay=False), default=None, metavar="PEM",
+                  help="CA certificate that signed the scheduler's and workers' certificates "
+                       "(Dask's --tls-ca-file). With --tls-cert and --tls-key: mutual TLS, no clear "
+                       "text. Without these, Dask's config (distributed.comm.tls.*) applies.")
+    @click.option("--tls-cert", type=click.Path(dir_okay=False), default=None, metavar="PEM",
+                  help="This client's certificate for mutual TLS (needs --tls-ca, --tls-key).")
+    @click.option("--tls-key", type=click.Path(dir_okay=False), default=None, metavar="PEM",
+                  help="Private key of --tls-cert (needs --tls-ca, --tls-cert).")
     @click.option("--slurm-jobs", type=click.IntRange(min=1), default=None,
                   help="Run on SLURM through dask-jobqueue with this many jobs.")
     @click.option("--slurm-option", "slurm_opts", multiple=True, metavar="KEY=VALUE",
                   help="SLURMCluster option, e.g. --slurm-option queue=gpu "
                        "--slurm-option 'job_extra_directives=[\"--gres=gpu:1\"]'.")
     @click.option("--dashboard/--no-dashboard", default=True, show_default=True,
-                  help="Serve the Dask dashboard of a local cluster.")
+                  help="Serve the Dask dashboard of a local cluster (on 127.0.0.1).")
     @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
                   help="Times a failed shard is retried.")
     @functools.wraps(f)
-    def wrapper(*args, workers, threads_per_worker, scheduler, slurm_jobs, slurm_opts, dashboard,
-                **kwargs):
+    def wrapper(*args, workers, threads_per_worker, scheduler, tls_ca, tls_cert, tls_key, slurm_jobs,
+                slurm_opts, dashboard, **kwargs):
         slurm = parse_kv(slurm_opts, "--slurm-option")
         if slurm_jobs:
             slurm["jobs"] = slurm_jobs
         elif slurm:
             raise BadInputError("--slurm-option needs --slurm-jobs N")
-        kwargs["cluster"] = ClusterConfig(
+        cluster = ClusterConfig(
             scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
-            dashboard=":0" if dashboard else None, slurm=slurm,
+            dashboard=f"{LOOPBACK}:0" if dashboard else None, slurm=slurm,
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
         )
+        check_tls(cluster)  # a typo in a path fails now, not after the manifest and shard stages
+        kwargs["cluster"] = cluster
         return f(*args, **kwargs)
 
     return wrapper
