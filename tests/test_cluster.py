@@ -3,9 +3,14 @@
 import os
 
 import pytest
-
-from pipeline.cluster import MALLOC_ENV, ClusterConfig, local_worker_specs, open_cluster, slurm_cluster
-from pipeline.errors import BadInputError
+from unsamflow.pipeline.cluster import (
+    MALLOC_ENV,
+    ClusterConfig,
+    local_worker_specs,
+    open_cluster,
+    slurm_cluster,
+)
+from unsamflow.pipeline.errors import BadInputError
 
 
 def test_local_gpu_workers_are_pinned_one_per_device():

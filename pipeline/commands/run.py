@@ -7,19 +7,18 @@ import time
 from pathlib import Path
 
 import click
-
-from pipeline.commands.manifest import summary
-from pipeline.commands.options import (
+from unsamflow.pipeline.commands.manifest import summary
+from unsamflow.pipeline.commands.options import (
     cluster_options,
     derive_options,
     load_config,
     parse_kv,
     segmenter_options,
 )
-from pipeline.commands.segment import exit_status, run_segment
-from pipeline.commands.show import render_frames
-from pipeline.errors import BadInputError
-from pipeline.manifest import Manifest
+from unsamflow.pipeline.commands.segment import exit_status, run_segment
+from unsamflow.pipeline.commands.show import render_frames
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.manifest import Manifest
 
 
 @click.command()
@@ -48,10 +47,10 @@ from pipeline.manifest import Manifest
 def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash,
         pictures, spec, derive_config, cluster, retries) -> None:
     """manifest -> shard -> segment (+derive) -> index -> verify -> show, in OUT."""
-    from pipeline.index import build_index
-    from pipeline.layouts import check_expected, scan
-    from pipeline.shard import write_shards
-    from pipeline.verify import verify
+    from unsamflow.pipeline.layouts import check_expected, scan
+    from unsamflow.pipeline.shard import write_shards
+    from unsamflow.pipeline.store.index import build_index
+    from unsamflow.pipeline.verify import verify
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

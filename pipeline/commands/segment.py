@@ -6,13 +6,12 @@ import sys
 from pathlib import Path
 
 import click
-
-from pipeline.cluster import ClusterConfig, open_cluster
-from pipeline.commands.options import cluster_options, derive_options, segmenter_options
-from pipeline.errors import BadInputError
-from pipeline.segment import SegmentResult, plan_shards, segment_shards
-from pipeline.segmenters import check_spec
-from pipeline.segmenters.base import SegmenterSpec
+from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
+from unsamflow.pipeline.commands.options import cluster_options, derive_options, segmenter_options
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.segment import SegmentResult, plan_shards, segment_shards
+from unsamflow.pipeline.segmenters import check_spec
+from unsamflow.pipeline.segmenters.base import SegmenterSpec
 
 
 def shard_files(shards: Path) -> list[Path]:
