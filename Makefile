@@ -31,13 +31,13 @@ test: $(STAMP)
 
 # The main job end to end on an embedded default: generated synthetic scenes with exact ground truth.
 demo: $(STAMP)
-	$(BIN)/python -m pipeline synth --out $(DEMO_OUT)/data --sequences 4 --frames 3 --size 256x320 \
+	$(BIN)/python -m unsamflow.pipeline synth --out $(DEMO_OUT)/data --sequences 4 --frames 3 --size 256x320 \
 		--seed 0 --difficulty easy
-	$(BIN)/python -m pipeline run --manifest $(DEMO_OUT)/data/manifest.json --out $(DEMO_OUT)/masks \
+	$(BIN)/python -m unsamflow.pipeline run --manifest $(DEMO_OUT)/data/manifest.json --out $(DEMO_OUT)/masks \
 		--shards 4 --workers 2 --pictures 4 --key-min-h 24 --key-min-w 24 --key-min-overlaps 3
-	$(BIN)/python -m pipeline show-flow --layout synthetic --root $(DEMO_OUT)/data --pair 0 \
+	$(BIN)/python -m unsamflow.pipeline show-flow --layout synthetic --root $(DEMO_OUT)/data --pair 0 \
 		--out $(DEMO_OUT)/pictures/flow_pair0.png
-	$(BIN)/python -m trainer refine --flow $(DEMO_OUT)/data/training/flow/seq_000/frame_0001.flo \
+	$(BIN)/python -m unsamflow.trainer refine --flow $(DEMO_OUT)/data/training/flow/seq_000/frame_0001.flo \
 		--store $(DEMO_OUT)/masks/stores --frame training/clean/seq_000/frame_0001.png \
 		--out $(DEMO_OUT)/refine/frame_0001.flo --picture $(DEMO_OUT)/pictures/refine_frame_0001.png
 	@echo
@@ -56,7 +56,7 @@ bench: $(STAMP)
 
 masks: $(STAMP)
 	@test -n "$(ROOT)" || (echo "usage: make masks DATASET=sintel ROOT=/path/to/dataset OUT=dir [CHECKPOINT=sam.pth] [SHARDS=8] [WORKERS=N]"; exit 2)
-	$(BIN)/python -m pipeline run --layout $(DATASET) --root $(ROOT) --out $(OUT) --shards $(SHARDS) \
+	$(BIN)/python -m unsamflow.pipeline run --layout $(DATASET) --root $(ROOT) --out $(OUT) --shards $(SHARDS) \
 		$(if $(CHECKPOINT),--segmenter sam --checkpoint $(CHECKPOINT),) $(if $(WORKERS),--workers $(WORKERS),)
 
 clean:
