@@ -41,11 +41,11 @@ def test_valid_and_occlusion_split():
     occ = np.array([[False, True, True, True]])
     m = flow_metrics(pred, gt, valid, occ)
     assert m["epe"] == pytest.approx(2.0)  # the 100 px error is not valid
-    assert m["epe_noc"] == pytest.approx(1.0)
+    assert m["epe_non_occ"] == pytest.approx(1.0)
     assert m["epe_occ"] == pytest.approx(2.5)
 
 
-def test_sintel_pools_pixels_kitti_averages_images():
+def test_sintel_pools_pixels_kitti_also_averages_images():
     # Image A: 1 valid pixel with error 10. Image B: 3 valid pixels with error 2.
     a_pred, a_gt = _pair([(0, 0)] * 3, [(10, 0), (0, 0), (0, 0)])
     a_valid = np.array([[True, False, False]])
@@ -57,9 +57,13 @@ def test_sintel_pools_pixels_kitti_averages_images():
         acc.update(a_pred, a_gt, a_valid)
         acc.update(b_pred, b_gt)
     assert pixel.compute()["epe"] == pytest.approx((10 + 3 * 2) / 4)
-    assert image.compute()["epe"] == pytest.approx((10 + 2) / 2)
+    assert "epe_per_image" not in pixel.compute()
+    # KITTI: plain names pool pixels (the devkit's Fl-all); *_per_image average the images.
+    assert image.compute()["epe"] == pytest.approx((10 + 3 * 2) / 4)
+    assert image.compute()["epe_per_image"] == pytest.approx((10 + 2) / 2)
     assert pixel.compute()["flall"] == pytest.approx(25.0)
-    assert image.compute()["flall"] == pytest.approx(50.0)
+    assert image.compute()["flall"] == pytest.approx(25.0)
+    assert image.compute()["flall_per_image"] == pytest.approx(50.0)
 
 
 def test_merge_equals_one_accumulator():
@@ -84,7 +88,7 @@ def test_torch_batches_are_channel_first():
     acc = FlowMetrics("image")
     per_image = acc.update(pred, gt, torch.ones(2, 3, 4, dtype=torch.bool))
     assert [m["epe"] for m in per_image] == [3.0, 4.0]
-    assert acc.compute()["epe"] == pytest.approx(3.5)
+    assert acc.compute()["epe_per_image"] == pytest.approx(3.5)
     # numpy (H, W, 2) and torch (2, H, W) of the same flow agree.
     np_pred = pred[0].permute(1, 2, 0).numpy()
     np_gt = gt[0].permute(1, 2, 0).numpy()

@@ -2,13 +2,14 @@
 
 Names (per valid pixel):
   epe        mean end-point error |pred - gt|_2 in px
-  epe_noc    epe over non-occluded pixels   } only when occlusions are given (Sintel, synthetic)
-  epe_occ    epe over occluded pixels       }
+  epe_non_occ  epe over non-occluded pixels   } only when occlusions are given (Sintel, synthetic,
+  epe_occ      epe over occluded pixels       } KITTI with both flow_occ and flow_noc)
   px1/3/5    fraction of pixels with end-point error < 1 / 3 / 5 px (accuracies, in [0, 1])
   flall      KITTI Fl-all, in percent: pixels with error > 3 px AND > 5 % of |gt|
 
-Aggregation: "pixel" pools every valid pixel of every image (Sintel, Middlebury); "image" computes
-each metric per image and averages the images (KITTI's devkit). `FlowMetrics.for_dataset(name)`
+Aggregation: a plain name is always pooled over every valid pixel of every image (Sintel's rule, and
+the KITTI devkit's for Fl-all). "image" aggregation (KITTI) adds each metric averaged over images as
+`<name>_per_image` (ARFlow's and RAFT's KITTI EPE is `epe_per_image`). `FlowMetrics.for_dataset(name)`
 picks the benchmark's rule from a dataset name such as "kitti-2015-training".
 
 Inputs: torch tensors are channel-first (B, 2, H, W) or (2, H, W); numpy arrays are (H, W, 2), as
@@ -82,7 +83,7 @@ def image_sums(
         outlier = (e > 3.0) & (e > 0.05 * mag[b][vb])
         s["flall"], s["n_flall"] = 100.0 * outlier.sum().item(), float(e.numel())
         if o is not None:
-            for name, sel in (("epe_noc", vb & ~o[b]), ("epe_occ", vb & o[b])):
+            for name, sel in (("epe_non_occ", vb & ~o[b]), ("epe_occ", vb & o[b])):
                 es = err[b][sel]
                 s[name], s[f"n_{name}"] = es.sum().item(), float(es.numel())
         out.append(s)
@@ -92,7 +93,8 @@ def image_sums(
 class FlowMetrics:
     """Accumulates metrics over a dataset; `update` per batch, `compute` at the end.
 
-    The state is a dict of sums, so accumulators of several processes merge by adding (`merge`).
+    The state is a dict of sums, so accumulators of several processes merge by adding (`merge`, or an
+    all-reduce of `sums` over the keys every process has).
     """
 
     def __init__(self, aggregate: str = "pixel"):
@@ -103,7 +105,7 @@ class FlowMetrics:
 
     @classmethod
     def for_dataset(cls, name: str) -> FlowMetrics:
-        """KITTI benchmarks average per image; the others pool all pixels."""
+        """KITTI benchmarks also report per-image averages; the others only pool all pixels."""
         return cls("image" if name.lower().startswith("kitti") else "pixel")
 
     def reset(self) -> None:
@@ -121,13 +123,12 @@ class FlowMetrics:
         for s in image_sums(pred, gt, valid, occ):
             means = _means(s)
             per_image.append(means)
-            if self.aggregate == "pixel":
-                for k, val in s.items():
-                    self.sums[k] = self.sums.get(k, 0.0) + val
-            else:
+            for k, val in s.items():
+                self.sums[k] = self.sums.get(k, 0.0) + val
+            if self.aggregate == "image":
                 for k, val in means.items():
-                    self.sums[k] = self.sums.get(k, 0.0) + val
-                    self.sums[f"n_{k}"] = self.sums.get(f"n_{k}", 0.0) + 1.0
+                    self.sums[f"{k}_per_image"] = self.sums.get(f"{k}_per_image", 0.0) + val
+                    self.sums[f"n_{k}_per_image"] = self.sums.get(f"n_{k}_per_image", 0.0) + 1.0
         return per_image
 
     def merge(self, other: FlowMetrics) -> FlowMetrics:
