@@ -1,0 +1,55 @@
+"""Training configuration: typed schema, YAML presets with inheritance, `key.sub=value` overrides."""
+
+from unsamflow.trainer.config.fields import ConfigError
+from unsamflow.trainer.config.loader import (
+    PRESETS_DIR,
+    apply_override,
+    config_from_dict,
+    config_to_dict,
+    list_presets,
+    load_config,
+)
+from unsamflow.trainer.config.schema import (
+    CONFIG_VERSION,
+    AppearanceConfig,
+    AugLossConfig,
+    AugmentConfig,
+    DataConfig,
+    HomographyLossConfig,
+    KeyObjectConfig,
+    LoggingConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    SpatialConfig,
+    Stage,
+    TrainConfig,
+    stage_at,
+    stage_starts,
+)
+
+__all__ = [
+    "CONFIG_VERSION",
+    "PRESETS_DIR",
+    "AppearanceConfig",
+    "AugLossConfig",
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "HomographyLossConfig",
+    "KeyObjectConfig",
+    "LoggingConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SpatialConfig",
+    "Stage",
+    "TrainConfig",
+    "apply_override",
+    "config_from_dict",
+    "config_to_dict",
+    "list_presets",
+    "load_config",
+    "stage_at",
+    "stage_starts",
+]
