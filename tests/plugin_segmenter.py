@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import numpy as np
 
 
@@ -36,3 +39,32 @@ class GridSegmenter:
 
 def make_grid(k: int = 2, lie_about_area: bool = False) -> GridSegmenter:
     return GridSegmenter(k, lie_about_area)
+
+
+class BlockingSegmenter(GridSegmenter):
+    """A grid segmenter that stops at its `block_at`-th frame until the file `release` exists.
+
+    On reaching that frame it creates the file `reached`, so a test knows, without timing guesses,
+    that the worker is inside a shard (earlier frames written to the temporary store, this one not).
+    A process started after `release` exists (a retry) never blocks.
+    """
+
+    name = "blocking-grid"
+
+    def __init__(self, reached: str, release: str, block_at: int = 2, k: int = 2, timeout_s: float = 120):
+        super().__init__(k)
+        self.reached, self.release = Path(reached), Path(release)
+        self.block_at, self.timeout_s, self.calls = block_at, timeout_s, 0
+
+    def __call__(self, image: np.ndarray) -> list[dict]:
+        self.calls += 1
+        if self.calls == self.block_at and not self.release.exists():
+            self.reached.touch()
+            deadline = time.monotonic() + self.timeout_s
+            while not self.release.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return super().__call__(image)
+
+
+def make_blocking(reached: str, release: str, block_at: int = 2, k: int = 2) -> BlockingSegmenter:
+    return BlockingSegmenter(reached, release, block_at, k)

@@ -66,3 +66,18 @@ def test_bad_slurm_option_names_it():
     pytest.importorskip("dask_jobqueue")
     with pytest.raises(BadInputError, match="bad SLURM option"):
         slurm_cluster({"no_such_option": 1})
+
+
+def test_sam_device_auto_follows_the_device_the_cluster_gave_the_worker(monkeypatch):
+    """UNSAMFLOW_DEVICE (set per worker above) decides "auto": a CPU worker stays on the CPU even
+    where CUDA exists, so that N CPU workers never pile onto GPU 0."""
+    import torch
+    from unsamflow.pipeline.segmenters.sam import _resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("UNSAMFLOW_DEVICE", "cpu")
+    assert _resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setenv("UNSAMFLOW_DEVICE", "cuda:0")
+    assert _resolve_device("auto") == torch.device("cuda:0")
+    monkeypatch.delenv("UNSAMFLOW_DEVICE")
+    assert _resolve_device("auto") == torch.device("cuda")

@@ -152,7 +152,17 @@ def test_cli_refines_a_real_sintel_flow(tmp_path, shared_data):
     assert pic is not None and pic.shape[0] == gt.shape[0] and pic.shape[1] > 3 * gt.shape[1]
     m = seg > 0
     assert np.array_equal(out[~m], noisy[~m])  # only the region may change
-    assert report["num_refined"] == int(not np.array_equal(out[m], noisy[m]))
+    # The one region is refined: its flow changed, and the noise is gone from it ...
+    assert report["num_refined"] == 1, report
+    assert not np.array_equal(out[m], noisy[m])
+    # ... by a homography's flow: a homography fitted to the output explains every pixel of it exactly.
+    ys, xs = np.nonzero(m)
+    src = np.stack([xs, ys], 1).astype(np.float64)
+    dst = src + out[m].astype(np.float64)
+    hom, _ = cv2.findHomography(src, dst, 0)
+    fitted = cv2.perspectiveTransform(src[None], hom)[0]
+    assert np.abs(fitted - dst).max() < 1e-2
+    assert report["regions"][0]["refined"] and report["regions"][0]["reason"] == "refined"
     bad = CliRunner().invoke(trainer_cli, ["refine", "--flow", str(tmp_path / "in.flo"),
                                            "--out", str(tmp_path / "x.flo")])
     assert bad.exit_code == 2 and "exactly one of --seg" in bad.output

@@ -147,21 +147,30 @@ def test_tiny_sam_through_the_real_generator_on_the_cluster(shared_data, tmp_pat
     ms.close()
 
 
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+def _start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
 
 
 def test_worker_killed_mid_shard_on_external_cluster(shared_data, tmp_path):
-    """Scheduler and worker as separate processes; SIGKILL the worker while it writes a shard."""
+    """Scheduler and worker as separate processes; SIGKILL the worker while it writes a shard.
+
+    The kill point is deterministic: a plug-in segmenter stops at the shard's third frame (two frames
+    already in the temporary store) until the test has killed the worker and released it.
+    """
     from distributed import Client
 
     root = tmp_path / "data"
-    small_frames(shared_data, root / "judo", n=10, scale=1.0)  # ~0.3 s each: a shard of ~3 s
+    small_frames(shared_data, root / "judo", n=6, scale=0.25)
     manifest = Manifest("folder", str(root), [Frame(f"judo/{p.name}", "judo")
                                               for p in sorted((root / "judo").glob("*.png"))],
                         meta={"shard": 0, "num_shards": 1})
     shard = manifest.save(tmp_path / "shards" / "shard-00000-of-00001.json")
+    reached, release = tmp_path / "reached", tmp_path / "release"
+    spec = SegmenterSpec("plugin_segmenter:make_blocking",
+                         {"reached": str(reached), "release": str(release), "block_at": 3})
     sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     procs = [_start([str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
                      "--no-dashboard", "--scheduler-file", str(sched_file)], tmp_path / "sched.log")]
     try:
@@ -171,35 +180,38 @@ def test_worker_killed_mid_shard_on_external_cluster(shared_data, tmp_path):
             time.sleep(0.2)
         address = json.loads(sched_file.read_text())["address"]
         procs.append(_start([str(VENV_BIN / "dask"), "worker", address, "--nthreads", "1", "--nanny",
-                             "--no-dashboard", "--host", "127.0.0.1"], tmp_path / "worker.log"))
+                             "--no-dashboard", "--host", "127.0.0.1"], tmp_path / "worker.log", env=env))
         stores = tmp_path / "stores"
         with Client(address) as watcher:
             watcher.wait_for_workers(1, timeout=60)
             killed: dict = {}
 
-            def kill_when_writing():
+            def kill_when_blocked():
                 try:
                     deadline = time.monotonic() + 120
-                    while not list(stores.glob(".*.tmp-*")) and time.monotonic() < deadline:
-                        time.sleep(0.02)
-                    time.sleep(0.2)  # a frame or so into the shard
+                    while not reached.exists() and time.monotonic() < deadline:
+                        time.sleep(0.01)
                     killed["visible_before_kill"] = sorted(p.name for p in stores.glob("*.h5"))
+                    killed["temps_before_kill"] = sorted(p.name for p in stores.glob(".*.tmp-*"))
                     pids = watcher.run(os.getpid)
                     for pid in pids.values():
                         os.kill(pid, signal.SIGKILL)
                     killed["pids"] = pids
                 except Exception as exc:  # reported by the assertions below, not lost in the thread
                     killed["error"] = repr(exc)
+                finally:
+                    release.touch()  # the retry (a new worker process) runs through
 
             import threading
 
-            t = threading.Thread(target=kill_when_writing, daemon=True)
+            t = threading.Thread(target=kill_when_blocked, daemon=True)
             t.start()
             with open_cluster(ClusterConfig(scheduler=address)) as client:
-                res = segment_shards([shard], stores, SegmenterSpec("graph"), DeriveConfig().to_dict(),
+                res = segment_shards([shard], stores, spec, DeriveConfig().to_dict(),
                                      client, retries=2, progress=False)
             t.join(timeout=5)
         assert "pids" in killed, f"the worker was never killed: {killed}"
+        assert killed["temps_before_kill"], "the worker was killed before it opened its temporary store"
         assert killed["visible_before_kill"] == [], "a partial store must never be visible"
         assert res.written == 1 and not res.failed, res.summary()
         ms = MaskStore(stores / "shard-00000-of-00001.h5")

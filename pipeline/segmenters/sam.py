@@ -14,6 +14,7 @@ shape by shape against the chosen model type before any real model is built, so 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -247,8 +248,10 @@ def _mismatch(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]])
 
 
 def _resolve_device(device: str) -> torch.device:
+    """"auto": the device the cluster gave this worker ($UNSAMFLOW_DEVICE: "cuda:0" on a worker pinned
+    to one GPU, "cpu" on a CPU worker, so a CPU worker never grabs a GPU), else cuda when available."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = os.environ.get("UNSAMFLOW_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
