@@ -159,6 +159,8 @@ def describe(tp: Any, plural: bool = False) -> str:
         return "null"
     if dataclasses.is_dataclass(tp):
         return "mappings" if plural else "a mapping"
+    if origin is dict:
+        return f"a mapping of {describe(args[0], True)} to {describe(args[1], True)}"
     singular = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     many = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
     return (many if plural else singular).get(tp, str(tp))
@@ -184,6 +186,8 @@ def convert(tp: Any, value: Any, path: str, sub_checks: Mapping[str, Check] | No
         raise ConfigError(path, f"must be {describe(tp)}, got {show(value)}")
     if origin is tuple:
         return _convert_tuple(tp, args, value, path)
+    if origin is dict:
+        return _convert_dict(tp, args, value, path)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path, sub_checks)
     if tp is bool:
@@ -229,6 +233,12 @@ def _convert_tuple(tp: Any, args: tuple, value: Any, path: str) -> tuple:
         except ConfigError:
             raise ConfigError(path, f"must be {describe(tp)}, got {show(value)}") from None
     return tuple(out)
+
+
+def _convert_dict(tp: Any, args: tuple, value: Any, path: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, f"must be {describe(tp)}, got {show(value)}")
+    return {convert(args[0], k, path): convert(args[1], v, join(path, k)) for k, v in value.items()}
 
 
 def build(cls: type, data: Any, path: str = "", sub_checks: Mapping[str, Check] | None = None) -> Any:

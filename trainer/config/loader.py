@@ -89,8 +89,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             index: Any = int(part)
         elif isinstance(node, dict):
             index = part
-            if not last and index not in node:
-                node[index] = {}  # validation reports the unknown key
+            if not last and node.get(index) is None:
+                node[index] = {}  # a new mapping (data.masks.sintel=...); validation reports unknown keys
         else:
             where = ".".join(parts[:depth])
             raise ConfigError(where, f"is a value ({show(node)}), not a section: cannot set {here}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from unsamflow.pipeline.errors import BadInputError
 from unsamflow.trainer.augment.configs import AppearanceConfig, KeyObjectConfig, SpatialConfig
 from unsamflow.trainer.config.fields import (
     ConfigError,
@@ -40,32 +41,37 @@ def _sizes(v: tuple[int, int]) -> str | None:
 
 
 def _dataset_spec(spec: str) -> str | None:
-    """'name' or 'name+name...' of pipeline.flow DATASETS (a concatenation)."""
-    from unsamflow.pipeline.flow.datasets import DATASETS
+    """A mix in trainer/data's grammar ('sintel-clean+sintel-final', 'kitti-2015-multiview*2+...')."""
+    from unsamflow.trainer.data.mixes import parse_mix  # one grammar; lazy, as it brings torch
 
-    parts = spec.split("+")
-    bad = [p for p in parts if p not in DATASETS]
-    if bad:
-        return f"unknown dataset {bad[0]!r} in {spec!r}; known (join with '+'): {', '.join(DATASETS)}"
+    try:
+        parse_mix(spec)
+    except BadInputError as exc:
+        return str(exc)
     return None
 
 
 @dataclass(frozen=True)
 class DataConfig(Section):
-    """Training frames and their masks; the loader's co-transforms (crop, flips, swap)."""
+    """Training frames and their masks; the loader's co-transforms (crop, flips, swap).
 
-    dataset: str = field("synthetic", check=_dataset_spec)  # names of pipeline.flow DATASETS, '+'-joined
-    root: str | None = None  # dataset root (given per machine: data.root=/path)
-    masks: str | None = None  # mask store directory of the training frames (index.json)
+    roots / masks map a dataset to its root folder / mask-store directory; a key may be the component as
+    written, its full name or its layout (`sintel`, `kitti2015`, `synthetic`), the most specific
+    winning (trainer/data/mixes.py), so one mapping serves the training and the validation sets.
+    Paths are per machine: `data.roots.kitti2015=/data/KITTI2015`. masks null: no stores.
+    """
+
+    dataset: str = field("synthetic", check=_dataset_spec)  # a mix: names joined by '+', NAME*N repeats
+    roots: dict[str, str] = field(factory=dict)
+    masks: dict[str, str] | None = None
     crop: tuple[int, int] = field((256, 832), check=_sizes)  # random crop (h, w)
     hflip: bool = True  # random horizontal flip of the pair
     vflip: bool = False  # random vertical flip of the pair
     swap: bool = True  # random swap of the frame order
     max_key_objects: int = field(8, check=at_least(0))  # K of the batch's key_masks
     workers: int = field(4, check=at_least(0))  # DataLoader worker processes
+    check: Literal["hash", "size", "none"] = "hash"  # how frame files are compared with their stores
     val_dataset: str | None = field(None, check=_dataset_spec)  # evaluated every logging.eval_every
-    val_root: str | None = None
-    val_masks: str | None = None  # stores of the validation frames (needed with model.mask_features)
 
 
 @dataclass(frozen=True)
