@@ -13,5 +13,9 @@ def main() -> None:
 
 
 # --- commands (one add_command line each; keep this block sorted) ---
+from unsamflow.trainer.commands.config import config  # noqa: E402, I001
+from unsamflow.trainer.commands.presets import presets  # noqa: E402, I001
 from unsamflow.trainer.commands.refine import refine  # noqa: E402, I001
+main.add_command(config)
+main.add_command(presets)
 main.add_command(refine)

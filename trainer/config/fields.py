@@ -166,10 +166,17 @@ def describe(tp: Any, plural: bool = False) -> str:
     return (many if plural else singular).get(tp, str(tp))
 
 
+_YAML_BOOL_WORDS = {True: ("true", "yes", "on", "y"), False: ("false", "no", "off", "n")}
+
+
 def convert(tp: Any, value: Any, path: str, sub_checks: Mapping[str, Check] | None = None) -> Any:
     """`value` converted to type `tp`, or ConfigError(path, 'must be ..., got ...')."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            # YAML 1.1 reads off/no/on/yes as booleans: `amp=off` means the string
+            words = [a for a in args if isinstance(a, str) and a.lower() in _YAML_BOOL_WORDS[value]]
+            value = words[0] if len(words) == 1 else value
         if value in args and type(value) in {type(a) for a in args}:
             return value
         raise ConfigError(path, f"must be {describe(tp)}, got {show(value)}")
