@@ -1,0 +1,291 @@
+"""Assemble and run a training job: devices and seeds, data, model, optimiser, objective, hooks, resume.
+
+Everything that can fail on user input (config, device options, datasets and stores, a checkpoint to
+resume) is checked by `prepare` before anything is written, so a bad run leaves no half-written folder.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.trainer.engine import distributed
+from unsamflow.trainer.engine.checkpoint import capture_rng, load_checkpoint, restore_rng
+from unsamflow.trainer.engine.distributed import DistInfo, all_gather_objects
+from unsamflow.trainer.engine.hooks import LATEST, CheckpointHook, EvalHook, LoggingHook
+from unsamflow.trainer.engine.logging import RunLogger
+from unsamflow.trainer.engine.loop import BatchStream, Trainer
+from unsamflow.trainer.engine.objective import Objective
+from unsamflow.trainer.engine.timing import PhaseTimer
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS = "checkpoints"
+
+
+def resolve_device(cfg: Any, dist: DistInfo) -> torch.device:
+    """cfg.device ("auto" | "cpu" | "cuda") -> this rank's device. amp and channels_last are CUDA
+    options: on CPU they are refused (an explicit error, not a silent no-op)."""
+    kind = cfg.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("device: cuda asked for, but no CUDA device is available (use device=cpu)")
+    if kind == "cpu":
+        if cfg.amp != "off":
+            raise BadInputError(f"amp: {cfg.amp} needs a CUDA device; on CPU set amp=off")
+        if cfg.channels_last:
+            raise BadInputError("channels_last: true is a CUDA option; on CPU set channels_last=false")
+        return torch.device("cpu")
+    return torch.device("cuda", dist.local_rank)
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    """torch, numpy and Python seeds; ranks differ so their augmentations do (weights are broadcast)."""
+    torch.manual_seed(seed)
+    np.random.seed((seed + rank) % 2**32)
+    random.seed(seed + rank)
+
+
+def model_args(cfg: Any) -> dict[str, Any]:
+    m = cfg.model
+    return {"mask_features": m.mask_features, "search_range": m.search_range, "num_levels": m.num_levels}
+
+
+def build_train_set(cfg: Any):
+    """The training pairs joined with their stores (checked: empty sets, uncovered stores, sizes)."""
+    from unsamflow.trainer.data import CoTransformConfig, open_pairs
+
+    d = cfg.data
+    if d.masks is None and (cfg.model.mask_features or any(s.key_aug or s.w_hg > 0 for s in cfg.stages)):
+        raise BadInputError("data.masks: this config uses masks (+mf, +aug or +hg) but no mask store is "
+                            "given (data.masks.KEY=STORE_DIR)")  # fmt: skip
+    transform = CoTransformConfig(crop=tuple(d.crop), hflip=d.hflip, vflip=d.vflip, swap=d.swap)
+    return open_pairs(d.dataset, d.roots, d.masks, transform=transform, max_key_objects=d.max_key_objects,
+                      gt=False, check=d.check, seed=cfg.seed)  # fmt: skip
+
+
+def build_evaluator(cfg: Any, device: torch.device):
+    """A function model -> metrics on data.val_dataset (None when there is none). Each rank evaluates
+    its share of the pairs; the metric sums are all-reduced, so every rank gets the full result."""
+    if not cfg.data.val_dataset:
+        return None
+    from unsamflow.pipeline.flow import open_dataset
+    from unsamflow.trainer.data import lookup, parse_mix
+    from unsamflow.trainer.evaluation.evaluator import evaluate
+    from unsamflow.trainer.evaluation.predictors import NetworkPredictor
+    from unsamflow.trainer.evaluation.segs import open_segs
+
+    name = cfg.data.val_dataset
+    (part, *more) = parse_mix(name)
+    if more:
+        raise BadInputError(f"data.val_dataset: evaluate one dataset, got the mix {name!r}")
+    dataset = open_dataset(part.name, lookup(cfg.data.roots, part, "roots"), gt_only=True)
+    if len(dataset) == 0:
+        raise BadInputError(f"data.val_dataset: {name!r} has no pairs with ground truth")
+    segs = open_segs(lookup(cfg.data.masks, part, "masks")) if cfg.data.masks is not None else None
+    if cfg.model.mask_features and segs is None:
+        raise BadInputError(f"data.masks: the model has mask features (+mf); evaluating {name!r} needs its "
+                            "stores (data.masks.KEY=STORE_DIR) or no data.val_dataset")  # fmt: skip
+    if segs is not None:  # now, not at the first evaluation hours into the run
+        segs.check_covers(f for pr in dataset.pairs for f in (pr.frame1, pr.frame2))
+
+    def run(model: torch.nn.Module) -> dict[str, Any]:
+        info = distributed.current()
+        net = getattr(model, "module", model)
+        indices = range(info.rank, len(dataset), info.world_size)
+        start = time.perf_counter()
+        result = evaluate(NetworkPredictor(net, device), dataset, name, segs=segs, indices=indices)
+        net.train()
+        metrics = distributed.all_reduce_metrics(result.accumulators["model"]).compute()
+        return {"dataset": name, **metrics, "eval_seconds": time.perf_counter() - start}
+
+    return run
+
+
+@dataclass
+class Prepared:
+    """What `prepare` checked and built; nothing is written yet."""
+
+    cfg: Any
+    run_dir: Path
+    dist: DistInfo
+    device: torch.device
+    train_set: Any
+    evaluate: Any
+    checkpoint: dict[str, Any] | None
+
+
+def run_holds(run_dir: Path) -> list[str]:
+    """The files of an earlier run in `run_dir` (config, checkpoints), if any."""
+    found = [run_dir / CONFIG_FILE, run_dir / CHECKPOINTS]
+    return [str(p) for p in found if p.exists()]
+
+
+def prepare(cfg: Any, run_dir: str | Path, resume: bool = False) -> Prepared:
+    """Check everything a run needs (resume: take the config from the run's latest checkpoint)."""
+    from unsamflow.trainer.config import config_from_dict, config_to_dict
+
+    run_dir = Path(run_dir)
+    checkpoint = None
+    if resume:
+        latest = run_dir / CHECKPOINTS / LATEST
+        if not latest.exists():
+            raise BadInputError(f"--resume: {run_dir} holds no checkpoint ({latest} does not exist); "
+                                "start a new run without --resume in an empty folder")  # fmt: skip
+        checkpoint = load_checkpoint(latest)
+        saved = config_from_dict(checkpoint["config"])
+        if cfg is not None and config_to_dict(cfg) != config_to_dict(saved):
+            a, b = config_to_dict(cfg), config_to_dict(saved)
+            diff = sorted(_diff(a, b))
+            raise BadInputError(f"--resume: the given config differs from the run's ({latest}) in "
+                                f"{', '.join(diff[:8])}; resume without --preset/overrides or start a "
+                                "new run")  # fmt: skip
+        cfg = saved
+    elif run_holds(run_dir):
+        raise BadInputError(f"{run_dir} already holds a run ({', '.join(run_holds(run_dir))}); use --resume "
+                            "to continue it or choose another --out")  # fmt: skip
+    dist = distributed.init_distributed("cuda" if _wants_cuda(cfg) else "cpu")
+    device = resolve_device(cfg, dist)
+    if cfg.optim.batch_size % dist.world_size:
+        raise BadInputError(f"optim.batch_size: {cfg.optim.batch_size} is not divisible by the "
+                            f"{dist.world_size} processes (the batch is split over them)")  # fmt: skip
+    train_set = build_train_set(cfg)
+    per_rank = cfg.optim.batch_size // dist.world_size
+    if len(train_set) // dist.world_size < per_rank:
+        raise BadInputError(f"data.dataset: {cfg.data.dataset!r} has {len(train_set)} usable pairs, fewer "
+                            f"than one batch ({per_rank} per process x {dist.world_size})")  # fmt: skip
+    evaluate = build_evaluator(cfg, device)
+    return Prepared(cfg, run_dir, dist, device, train_set, evaluate, checkpoint)
+
+
+def _wants_cuda(cfg: Any) -> bool:
+    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _diff(a.get(k), b.get(k), f"{path}.{k}".lstrip("."))]
+    return [] if a == b else [path or "(root)"]
+
+
+def train(p: Prepared) -> dict[str, Any]:
+    """Run (or continue) training; returns a summary. Writes config.yaml, checkpoints/, tensorboard/,
+    metrics.jsonl under the run folder (rank 0 only)."""
+    import yaml
+    from unsamflow.pipeline.atomic import write_bytes_atomic
+    from unsamflow.trainer.augment import KeyObjectCache
+    from unsamflow.trainer.config import config_to_dict, stage_at
+    from unsamflow.trainer.data import build_loader, set_epoch
+    from unsamflow.trainer.model import PWCLite
+
+    cfg, dist, device, ck = p.cfg, p.dist, p.device, p.checkpoint
+    if dist.is_main:
+        p.run_dir.mkdir(parents=True, exist_ok=True)
+        if ck is None:
+            text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+            write_bytes_atomic(p.run_dir / CONFIG_FILE, text.encode())
+    distributed.barrier()
+
+    seed_everything(cfg.seed, dist.rank)
+    model = PWCLite(**model_args(cfg)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    o = cfg.optim
+    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                 weight_decay=o.weight_decay)
+    if o.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=o.lr, total_steps=o.iterations, pct_start=o.warmup, anneal_strategy=o.anneal,
+            div_factor=o.div_factor, final_div_factor=o.final_div_factor, cycle_momentum=False)
+    else:
+        scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + dist.rank)
+    uses_cache = any(s.key_aug for s in cfg.stages)
+    ko = cfg.augment.key_objects
+    slot = (min(200, cfg.data.crop[0]), min(300, cfg.data.crop[1]))  # an object never exceeds the crop
+    cache = KeyObjectCache(capacity=ko.cache_size, slot_size=slot).to(device) if uses_cache else None
+
+    start, epoch, position = 0, 0, 0
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck.get("scaler", {}))
+        start, epoch, position = ck["iteration"], ck["data"]["epoch"], ck["data"]["position"]
+        mine = _rank_state(ck, dist)
+        restore_rng(mine["rng"], {"augment": generator})
+        if cache is not None and mine.get("key_cache") is not None:
+            cache.load_state_dict(mine["key_cache"])
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    per_rank = cfg.optim.batch_size // dist.world_size
+    loader = build_loader(p.train_set, per_rank, shuffle=True, seed=cfg.seed, num_workers=cfg.data.workers,
+                          drop_last=True)  # fmt: skip
+
+    def make_loader(ep: int, skip: int):
+        set_epoch(loader, ep, skip_batches=skip)
+        return loader
+
+    timer = PhaseTimer(device)
+    objective = Objective(cfg, generator, cache, timer)
+    stream = BatchStream(make_loader, device, epoch, position)
+
+    def state_fn(tr: Trainer) -> dict[str, Any]:
+        ranks = all_gather_objects({"rng": capture_rng({"augment": generator}),
+                                    "key_cache": cache.state_dict() if cache is not None else None})
+        net = getattr(tr.model, "module", tr.model)
+        return {
+            "config": config_to_dict(cfg), "model_args": model_args(cfg), "model": net.state_dict(),
+            "optimizer": tr.optimizer.state_dict(), "scheduler": tr.scheduler.state_dict(),
+            "scaler": tr.scaler.state_dict(), "iteration": tr.iteration, "stage": tr.stage_index,
+            "data": stream.state_dict(), "world_size": dist.world_size,
+            "rng": ranks[0]["rng"], "key_cache": ranks[0]["key_cache"], "other_ranks": ranks[1:],
+        }
+
+    lg = cfg.logging
+    logger = RunLogger(p.run_dir, o.iterations, start, enabled=dist.is_main, tensorboard=lg.tensorboard)
+    ckpt_hook = CheckpointHook(p.run_dir / CHECKPOINTS, lg.checkpoint_every, state_fn)
+    hooks = [LoggingHook(logger, lg.every, lg.image_every)]
+    eval_hook = EvalHook(logger, lg.eval_every, p.evaluate) if p.evaluate is not None else None
+    hooks += [eval_hook] if eval_hook is not None else []
+    hooks.append(ckpt_hook)
+    trainer = Trainer(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                      objective=objective, data=stream, stage_at=lambda it: stage_at(cfg, it),
+                      max_iter=o.iterations, clip=o.clip, timer=timer, hooks=hooks,
+                      start_iteration=start)  # fmt: skip
+    t0 = time.perf_counter()
+    try:
+        trainer.train()
+    finally:
+        logger.close()
+    seconds = time.perf_counter() - t0
+    last = ckpt_hook.written[-1] if ckpt_hook.written else p.run_dir / CHECKPOINTS / LATEST
+    return {
+        "run_dir": str(p.run_dir), "iterations": trainer.iteration, "resumed_from": start if ck else None,
+        "steps_run": trainer.iteration - start, "seconds": seconds, "stage": trainer.stage_index,
+        "losses": hooks[0].last, "eval": eval_hook.results if eval_hook is not None else None,
+        "checkpoint": str(last), "world_size": dist.world_size, "rank": dist.rank,
+    }
+
+
+def _rank_state(ck: dict[str, Any], dist: DistInfo) -> dict[str, Any]:
+    """This rank's RNG state and key-object cache from a checkpoint (exact resume needs the same
+    number of processes; otherwise every rank restarts from rank 0's, with a warning)."""
+    ranks = [{"rng": ck["rng"], "key_cache": ck.get("key_cache")}, *ck.get("other_ranks", [])]
+    if ck.get("world_size", 1) != dist.world_size:
+        warnings.warn(f"checkpoint was written by {ck.get('world_size', 1)} processes, resuming with "
+                      f"{dist.world_size}: random streams are not continued exactly",
+                      stacklevel=2)  # fmt: skip
+        return ranks[0]
+    return ranks[dist.rank]
