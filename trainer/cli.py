@@ -18,12 +18,12 @@ from unsamflow.trainer.commands.evaluate import evaluate  # noqa: E402, I001
 from unsamflow.trainer.commands.infer import infer  # noqa: E402, I001
 from unsamflow.trainer.commands.presets import presets  # noqa: E402, I001
 from unsamflow.trainer.commands.refine import refine  # noqa: E402, I001
-from unsamflow.trainer.commands.train import train  # noqa: E402, I001
 from unsamflow.trainer.commands.report import report  # noqa: E402, I001
+from unsamflow.trainer.commands.train import train  # noqa: E402, I001
 main.add_command(config)
 main.add_command(evaluate)
 main.add_command(infer)
 main.add_command(presets)
 main.add_command(refine)
-main.add_command(train)
 main.add_command(report)
+main.add_command(train)
