@@ -116,7 +116,7 @@ def build_report(
         size = f"{network.test_size[0]}x{network.test_size[1]}" if network.test_size else "native (padded)"
         lines += [f"## {s.title}", "",
                   f"`{s.name}` at `{s.root}`: {len(indices)} pair(s), {results[0].aggregate} aggregation, "
-                  f"test size {size}, {how}; model {_per_pair(results[0]):.2f} s/pair.", "",
+                  f"test size {size}, {how}; model {results[0].seconds_per_pair:.2f} s/pair.", "",
                   markdown_table(rows), ""]  # fmt: skip
         for k in range(min(pictures, len(indices))):
             sample = ds[indices[k]]
@@ -186,7 +186,3 @@ def _slug(text: str) -> str:
 def _hgap(gap: int, width: int) -> np.ndarray:
     return np.full((gap, width, 3), 255, np.uint8)
 
-
-def _per_pair(result) -> float:
-    """The predictor's own seconds per pair (not reading, scoring or refining)."""
-    return sum(p.seconds for p in result.pairs) / max(len(result.pairs), 1)

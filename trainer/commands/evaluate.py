@@ -65,7 +65,7 @@ def evaluate(checkpoint, baseline, dataset, root, masks, segment, refine, write_
     click.echo("", err=True)
     rows = [(result.predictor, result.metrics)] + ([("+ refine", result.refined)] if refine else [])
     click.echo(f"{dataset} ({len(result.pairs)} pairs, {result.aggregate} aggregation, "
-               f"{result.seconds / len(result.pairs):.2f} s/pair)")  # fmt: skip
+               f"{result.seconds_per_pair:.2f} s/pair)")  # fmt: skip
     click.echo(text_table(rows))
     if json_path:
         doc = {"checkpoint": source, "baseline": baseline, "root": str(root), "masks": masks,

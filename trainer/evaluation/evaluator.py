@@ -48,6 +48,11 @@ class EvalResult:
     seconds: float
     accumulators: dict[str, FlowMetrics] = field(default_factory=dict, repr=False)
 
+    @property
+    def seconds_per_pair(self) -> float:
+        """The predictor's own time per pair (reading, scoring and refining left out)."""
+        return sum(p.seconds for p in self.pairs) / max(len(self.pairs), 1)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
@@ -56,7 +61,8 @@ class EvalResult:
             "num_pairs": len(self.pairs),
             "metrics": self.metrics,
             "refined": self.refined,
-            "seconds_per_pair": self.seconds / max(len(self.pairs), 1),
+            "seconds_per_pair": self.seconds_per_pair,
+            "seconds": self.seconds,
             "pairs": [vars(p) for p in self.pairs],
         }
 
@@ -78,7 +84,8 @@ def evaluate(
 
     segs: full_seg source called as segs(frame_id, image) (StoreSegs / SegmenterSegs); needed by
     predictors with `needs_segs` and by `refine`. refine: True or refine_flow keyword options.
-    indices: the pairs to run (a subset or a sampler); default all.
+    indices: the pairs to run (a subset or a sampler); default all. An empty share is allowed (a rank
+    with no pairs contributes zero sums); an empty dataset is an error.
     write_outputs: folder for each pair's flow (`flow/`, `refined/`) and picture (`pictures/`).
     on_pair(n, total, result) after each pair (progress); on_flow(sample, flow, refined) to see the flows.
     """
@@ -86,7 +93,7 @@ def evaluate(
 
     order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     where = getattr(getattr(dataset, "manifest", None), "root", None)
-    if not order:
+    if len(dataset) == 0:  # an empty share of a non-empty dataset (a rank with no pairs) is fine
         raise BadInputError(f"dataset {name!r}{f' at {where}' if where else ''} has no pairs with "
                             "ground-truth flow to evaluate")  # fmt: skip
     pred_name = getattr(predictor, "name", getattr(predictor, "__name__", "predictor"))
