@@ -458,6 +458,10 @@ def test_an_empty_cache_pastes_nothing_and_refuses_a_bad_push():
     out = cache.paste(pair, torch.Generator().manual_seed(0))
     assert out is pair and not cache.full and len(cache) == 0
     d = _object_batch([(10, 8)], [(1.0, 1.0)], seed=0)
+    cache.push(
+        d["img1"], d["key_masks"][:, :0], torch.zeros(1, dtype=torch.long), d["flow"], torch.Generator()
+    )
+    assert len(cache) == 0  # frames without mask stores (K = 0) offer nothing
     with pytest.raises(BadInputError, match="push"):
         cache.push(d["img1"][:, :, :10], d["key_masks"], d["key_count"], d["flow"], torch.Generator())
 

@@ -116,6 +116,8 @@ class KeyObjectCache:
                 f"KeyObjectCache.push: img1 {tuple(img1.shape)}, key_masks {tuple(key_masks.shape)}, "
                 f"key_count {tuple(key_count.shape)} and flow {tuple(flow.shape)} do not agree"
             )
+        if k == 0:
+            return  # no key objects in this batch (frames without mask stores)
         dev = img1.device
         self._allocate(img1.dtype, dev)
         masks = key_masks.to(dev).bool()
@@ -185,8 +187,11 @@ class KeyObjectCache:
         if self.objects is None:
             return pair
         dev, dt = pair.img1.device, pair.img1.dtype
+        if self.objects.device != dev:  # e.g. restored from a checkpoint loaded on the CPU
+            self.to(dev)
         h, w = pair.size
-        img1, img2, flow, noc, seg1, seg2 = pair.img1, pair.img2, pair.flow, pair.noc, pair.seg1, pair.seg2
+        img1, img2, noc = pair.img1.clone(), pair.img2.clone(), pair.noc.clone()  # blended in place
+        flow, seg1, seg2 = pair.flow, pair.seg1, pair.seg2
         filled = torch.arange(self.capacity + 1, device=dev) < self.count.to(dev)
         for r in range(params.index.shape[0]):
             idx = params.index[r].to(dev)
@@ -196,15 +201,14 @@ class KeyObjectCache:
             sign = 1.0 - 2.0 * params.reverse[r].to(dev).float()
             motion = self.motion[idx] * (params.scale[r].to(dev) * sign)[:, None]
             motion = motion * torch.stack((1.0 - 2.0 * mirror.float(), torch.ones_like(sign)), 1)
-            corner = self.origin[idx].float()
-            o1 = place(obj, corner, (h, w))
-            o2 = place(obj, corner + motion, (h, w))
-            m1, m2 = o1[:, 3:], o2[:, 3:]
-            img1 = img1 * (1 - m1) + o1[:, :3]
-            img2 = img2 * (1 - m2) + o2[:, :3]
-            in1, in2 = m1 > 0.5, m2[:, 0] > 0.5
+            corner = self.origin[idx]
+            o1 = place(obj, corner, (h, w))  # integer corner: a plain copy
+            o2 = place(obj, corner.float() + motion, (h, w))
+            img1.addcmul_(img1, o1[:, 3:], value=-1).add_(o1[:, :3])  # img (1 - m) + premultiplied object
+            img2.addcmul_(img2, o2[:, 3:], value=-1).add_(o2[:, :3])
+            in1, in2 = o1[:, 3:] > 0.5, o2[:, 3] > 0.5
             flow = torch.where(in1, motion.to(dt)[:, :, None, None], flow)
-            noc = torch.where(in1, torch.ones_like(noc), noc)
+            noc.masked_fill_(in1, 1)
             seg1 = torch.where(in1[:, 0], seg1.flatten(1).amax(1)[:, None, None] + 1, seg1)
             seg2 = torch.where(in2, seg2.flatten(1).amax(1)[:, None, None] + 1, seg2)
         return AugmentedPair(img1, img2, flow, noc, seg1, seg2)
@@ -236,21 +240,25 @@ def _window(x: torch.Tensor, corner: torch.Tensor, size: tuple[int, int]) -> tor
 def place(obj: torch.Tensor, corner: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Slots obj (B,C,hs,ws) drawn into zero frames of `size` with their top-left at corner (B,2) (x, y).
 
-    The sub-pixel part is a bilinear 2x2 blend of the slot (weights (1, 0) for integer corners, so an
-    integer placement copies exactly); the integer part is one gather from the zero-bordered slot.
+    A float corner's sub-pixel part is a bilinear 2x2 blend of the slot (weights (1, 0) for integer
+    values, so an integer placement copies exactly); the integer part is one gather from the
+    zero-bordered slot. An integer (int64) corner skips the blend.
     """
     b, c, hs, ws = obj.shape
     h, w = size
-    base = corner.floor()
-    f = (corner - base).to(obj.dtype)  # (B, 2) in [0, 1)
-    p = F.pad(obj, (1, 1, 1, 1))  # slot pixel j at padded j + 1
-    fx, fy = f[:, 0].view(b, 1, 1, 1), f[:, 1].view(b, 1, 1, 1)
-    p = (1 - fx) * p[..., :, 1:] + fx * p[..., :, :-1]  # window pixel k = slot k - f: k in 0..ws (+1 pad)
-    p = (1 - fy) * p[..., 1:, :] + fy * p[..., :-1, :]  # (B, C, hs + 1, ws + 1), frame pixel base + k
+    if corner.dtype.is_floating_point:
+        base = corner.floor()
+        f = (corner - base).to(obj.dtype)  # (B, 2) in [0, 1)
+        p = F.pad(obj, (1, 1, 1, 1))  # slot pixel j at padded j + 1
+        fx, fy = f[:, 0].view(b, 1, 1, 1), f[:, 1].view(b, 1, 1, 1)
+        p = torch.lerp(p[..., :, 1:], p[..., :, :-1], fx)  # window pixel k = slot k - f: k in 0..ws
+        p = torch.lerp(p[..., 1:, :], p[..., :-1, :], fy)  # (B, C, hs + 1, ws + 1): frame pixel base + k
+        base = base.long()
+    else:
+        p, base = obj, corner
+    hp, wp = p.shape[-2] + 2, p.shape[-1] + 2
     p = F.pad(p, (1, 1, 1, 1))  # zero border: clamped indices read 0
-    hp, wp = hs + 3, ws + 3
-    ib = base.long()
-    rows = (torch.arange(h, device=obj.device) - ib[:, 1, None] + 1).clamp(0, hp - 1)
-    cols = (torch.arange(w, device=obj.device) - ib[:, 0, None] + 1).clamp(0, wp - 1)
+    rows = (torch.arange(h, device=obj.device) - base[:, 1, None] + 1).clamp(0, hp - 1)
+    cols = (torch.arange(w, device=obj.device) - base[:, 0, None] + 1).clamp(0, wp - 1)
     idx = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
     return p.reshape(b, c, hp * wp).gather(2, idx).view(b, c, h, w)
