@@ -49,6 +49,10 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     try:
         tmp.write_bytes(data)
         return replace_atomic(tmp, path)
+    except OSError as exc:  # e.g. a full disk: name the file the user knows, not the hidden temporary
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"{exc.strerror or exc} (nothing written; the old file, if any, is "
+                      "unchanged)", str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -26,6 +26,7 @@ from pathlib import Path
 from unsamflow.pipeline.errors import BadInputError
 
 LOOPBACK = "127.0.0.1"
+WORKER_PRELOAD = "unsamflow.pipeline.worker_init"  # workers ignore Ctrl-C; the client stops them
 TLS_OPTIONS = {"tls_ca": "--tls-ca", "tls_cert": "--tls-cert", "tls_key": "--tls-key"}
 
 
@@ -40,6 +41,12 @@ class ClusterConfig:
     gpus: list[int] | None = None  # local: device ids to use (default: all visible)
     slurm: dict = field(default_factory=dict)  # SLURMCluster options + "jobs"; empty: not SLURM
     connect_timeout: str = "30s"  # how long to wait for --scheduler to answer
+    # How long the client waits while no worker is alive (at start, or after every worker died) before
+    # it gives up with an error. SLURM jobs wait in the queue: give them more.
+    worker_timeout: float = 300.0
+    # Bytes one frame may take on a worker (its masks as crops, label maps); a frame that needs more is
+    # recorded bad with the numbers instead of killing its worker. None: half the worker's memory limit.
+    frame_memory: int | None = None
     # Mutual TLS: all three PEM files or none. None: Dask's config (distributed.comm.tls.*) decides.
     tls_ca: str | None = None  # CA that signed the peers' certificates
     tls_cert: str | None = None  # this side's certificate, signed by tls_ca
@@ -88,6 +95,27 @@ def check_tls(cfg: ClusterConfig) -> None:
             f"--tls-ca {cfg.tls_ca}, --tls-cert {cfg.tls_cert}, --tls-key {cfg.tls_key}: "
             f"unusable TLS files: {exc}"
         ) from None
+
+
+def check_scheduler_address(address: str | None) -> None:
+    """Refuse a --scheduler value that is not an address (no protocol or port), before any stage runs."""
+    if address is None:
+        return
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        protocol, location = parse_address(address, strict=False)
+        host, _port = parse_host_port(location)
+    except (ValueError, TypeError) as exc:
+        raise BadInputError(
+            f"--scheduler {address!r} is not a Dask scheduler address ({exc}); give PROTOCOL://HOST:PORT, "
+            "e.g. tcp://head-node:8786 or tls://head-node:8786"
+        ) from None
+    if protocol not in ("tcp", "tls", "ucx", "ws", "wss") or not host:
+        raise BadInputError(
+            f"--scheduler {address!r}: unknown protocol {protocol!r} or no host; give tcp://HOST:PORT or "
+            "tls://HOST:PORT"
+        )
 
 
 def _mutual_tls(cfg: ClusterConfig):
@@ -157,6 +185,7 @@ def local_worker_specs(cfg: ClusterConfig, security=None) -> dict[str, dict]:
             specs[f"gpu{dev}"] = {
                 "cls": Nanny,
                 "options": {"nthreads": 1, "env": env, "resources": {"GPU": 1}, "name": f"gpu{dev}",
+                            "preload": [WORKER_PRELOAD],
                             "silence_logs": logging.WARNING, **net},
             }
         return specs
@@ -167,6 +196,7 @@ def local_worker_specs(cfg: ClusterConfig, security=None) -> dict[str, dict]:
         specs[f"cpu{i}"] = {
             "cls": Nanny,
             "options": {"nthreads": cfg.threads_per_worker, "env": env, "name": f"cpu{i}",
+                        "preload": [WORKER_PRELOAD],
                         "silence_logs": logging.WARNING, **net},
         }
     return specs
@@ -227,6 +257,38 @@ def slurm_cluster(options: dict, security=None):
     return cluster, jobs
 
 
+SLURM_COMMANDS = ("sbatch", "squeue", "scancel")
+
+
+def check_slurm_commands() -> None:
+    """Refuse SLURM without dask-jobqueue or the SLURM commands: without sbatch, jobqueue logged a
+    traceback per job it failed to submit and then waited forever for workers that never came."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("dask_jobqueue") is None:
+        raise BadInputError("SLURM needs dask-jobqueue: pip install 'unsamflow[slurm]'")
+    missing = [cmd for cmd in SLURM_COMMANDS if shutil.which(cmd) is None]
+    if missing:
+        raise BadInputError(
+            f"--slurm-jobs: {', '.join(missing)} not found on PATH; run on a SLURM login node (or put the "
+            "SLURM client commands on PATH), or drop --slurm-jobs for a local cluster"
+        )
+
+
+def wait_for_workers(client, timeout: float, what: str = "the cluster") -> None:
+    """Wait at most `timeout` s for a first worker; PipelineError saying so (never an endless wait)."""
+    from unsamflow.pipeline.errors import PipelineError
+
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise PipelineError(
+            f"no Dask worker joined {what} within {timeout:.0f} s (--worker-timeout); check that workers "
+            "can start and reach the scheduler (for SLURM: squeue, and the job logs)"
+        ) from None
+
+
 @contextmanager
 def _environ(updates: dict[str, str]) -> Iterator[None]:
     old = {k: os.environ.get(k) for k in updates}
@@ -281,6 +343,7 @@ def open_cluster(cfg: ClusterConfig) -> Iterator:
     if cfg.scheduler:
         client = connect(cfg, security)
         try:
+            wait_for_workers(client, cfg.worker_timeout, f"the scheduler at {cfg.scheduler}")
             yield client
         finally:
             client.close()
@@ -290,6 +353,7 @@ def open_cluster(cfg: ClusterConfig) -> Iterator:
     pre = pre_spawn_environ(cfg)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": pre}), _environ(pre):
         if cfg.slurm:
+            check_slurm_commands()
             cluster, jobs = slurm_cluster(cfg.slurm, security if cfg.tls_ca else None)
             cluster.scale(jobs=jobs)
         else:
@@ -308,8 +372,10 @@ def open_cluster(cfg: ClusterConfig) -> Iterator:
                 silence_logs=logging.WARNING, security=security,
             )
         try:
-            client = Client(cluster, security=security)
+            client = Client(cluster, security=security, timeout=cfg.connect_timeout)
             try:
+                wait_for_workers(client, cfg.worker_timeout, "the SLURM cluster" if cfg.slurm else
+                                 "the local cluster")
                 yield client
             finally:
                 client.close()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from unsamflow.pipeline.errors import BadInputError
-from unsamflow.pipeline.store.codec import tight_boxes
+from unsamflow.pipeline.masks import CropMasks
 
 
 @dataclass(frozen=True)
@@ -60,16 +60,15 @@ class DeriveConfig:
         return cls(**data)
 
 
-def full_segmentation(masks: np.ndarray, _ext: _Extents | None = None) -> np.ndarray:
+def full_segmentation(masks: np.ndarray | CropMasks, _ext: _Extents | None = None) -> np.ndarray:
     """One label per pixel: the smallest mask containing it; (H, W) int32, labels 0..K-1.
 
     Masks covering the whole frame are dropped; labels are positions in the largest-first order
     (background 0), then the labels that occur are renumbered consecutively keeping their order. As in the
     reference, when no pixel is left uncovered the largest occurring mask takes label 0.
     """
-    masks = _check_masks(masks)
-    n, H, W = masks.shape
-    ext = _ext or _Extents(masks)
+    ext = _ext or _Extents(_check_masks(masks))
+    H, W = ext.shape
     kept = np.flatnonzero(ext.areas < H * W)
     desc = kept[np.argsort(-ext.areas[kept], kind="stable")]  # label p + 1 belongs to masks[desc[p]]
     # Priority: smallest area first; equal areas in largest-first (= input) order.
@@ -80,27 +79,26 @@ def full_segmentation(masks: np.ndarray, _ext: _Extents | None = None) -> np.nda
     labels = np.zeros((H, W), np.int32)
     for p in prio[::-1]:
         i = desc[p]
-        win = ext.window(i)
-        np.copyto(labels[win], p + 1, where=masks[i][win])
+        np.copyto(labels[ext.window(i)], p + 1, where=ext.crops[i])
     occurs = np.bincount(labels.ravel(), minlength=len(desc) + 1) > 0
     relabel = (np.cumsum(occurs) - 1).astype(np.int32)
     return relabel[labels]
 
 
 def key_objects(
-    masks: np.ndarray, bboxes: np.ndarray, cfg: DeriveConfig | None = None, _ext: _Extents | None = None
+    masks: np.ndarray | CropMasks, bboxes: np.ndarray, cfg: DeriveConfig | None = None,
+    _ext: _Extents | None = None,
 ) -> np.ndarray:
     """Indices (int64, ascending) into `masks` of the masks suitable to cut and paste as moving objects."""
     cfg = cfg or DeriveConfig()
-    masks = _check_masks(masks)
-    n, H, W = masks.shape
+    ext = _ext or _Extents(_check_masks(masks))
+    n = ext.n
     bboxes = np.asarray(bboxes, dtype=np.float64)
     if bboxes.size == 0:
         bboxes = bboxes.reshape(0, 4)
     if bboxes.shape != (n, 4):
         raise BadInputError(f"derive: bboxes must be ({n}, 4) XYWH to match the masks, got {bboxes.shape}")
     w, h = bboxes[:, 2], bboxes[:, 3]
-    ext = _ext or _Extents(masks)
     areas = ext.areas
     box = h * w
     # A degenerate box (h or w of 0, possible only with min_h or min_w at 0) counts as filled.
@@ -110,47 +108,56 @@ def key_objects(
     )
     if len(candidates) == 0 or cfg.min_overlaps == 0:
         return candidates.astype(np.int64)
-    overlaps = _overlap_counts(masks, candidates, ext)
+    overlaps = _overlap_counts(candidates, ext)
     return candidates[overlaps >= cfg.min_overlaps].astype(np.int64)
 
 
 def derive(
-    masks: np.ndarray, bboxes: np.ndarray, cfg: DeriveConfig | None = None, boxes: np.ndarray | None = None
+    masks: np.ndarray | CropMasks, bboxes: np.ndarray, cfg: DeriveConfig | None = None,
+    boxes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(full_seg (H, W) int32, key-object indices int64) for one frame.
 
-    `boxes`: the masks' tight boxes from `mask_codec.tight_boxes`, when the caller has them already.
+    `masks`: an (N, H, W) bool stack, or CropMasks (each mask as its tight-box crop), which is what the
+    segment stage passes so that a frame never needs N x H x W bytes. `boxes`: the stack's tight
+    boxes from `codec.tight_boxes`, when the caller has them already.
     """
     masks = _check_masks(masks)
-    ext = _Extents(masks, boxes)  # shared: computing extents is a pass over the whole stack
+    ext = _Extents(masks, boxes)  # shared: computing extents is a pass over every mask
     return full_segmentation(masks, ext), key_objects(masks, bboxes, cfg, ext)
 
 
 class _Extents:
-    """Per-mask pixel extents (tight boxes) and areas.
+    """Per-mask pixel extents (tight boxes), crops (bool, the extent's pixels) and areas.
 
-    Areas are counted inside each extent: `count_nonzero(axis=...)` over the whole (N, H*W) stack is
-    ~30x slower.
+    Everything works inside extents: `count_nonzero(axis=...)` over the whole (N, H*W) stack is ~30x
+    slower, and crops are all a frame needs to hold (see pipeline.masks).
     """
 
-    def __init__(self, masks: np.ndarray, boxes: np.ndarray | None = None):
-        n = len(masks)
-        boxes = tight_boxes(masks) if boxes is None else np.asarray(boxes, np.int64).reshape(n, 4)
-        self.y0, self.x0 = boxes[:, 0], boxes[:, 1]
-        self.y1, self.x1 = self.y0 + boxes[:, 2], self.x0 + boxes[:, 3]
-        self.areas = np.array(
-            [np.count_nonzero(masks[i][self.window(i)]) for i in range(n)], dtype=np.int64
-        ).reshape(n)
+    def __init__(self, masks: np.ndarray | CropMasks, boxes: np.ndarray | None = None):
+        if not isinstance(masks, CropMasks):
+            masks = CropMasks.from_stack(masks, boxes)
+        self.shape = masks.shape
+        self.n = n = len(masks)
+        self.crops = masks.crops
+        b = np.asarray(masks.boxes, np.int64).reshape(n, 4)
+        self.y0, self.x0 = b[:, 0], b[:, 1]
+        self.y1, self.x1 = self.y0 + b[:, 2], self.x0 + b[:, 3]
+        self.areas = np.array([np.count_nonzero(c) for c in self.crops], dtype=np.int64).reshape(n)
 
     def window(self, i: int) -> tuple[slice, slice]:
         return slice(self.y0[i], self.y1[i]), slice(self.x0[i], self.x1[i])
 
+    def part(self, i: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Mask i's pixels in the frame window [y0, y1) x [x0, x1), which lies inside its extent."""
+        return self.crops[i][y0 - self.y0[i] : y1 - self.y0[i], x0 - self.x0[i] : x1 - self.x0[i]]
 
-def _overlap_counts(masks: np.ndarray, candidates: np.ndarray, ext: _Extents) -> np.ndarray:
+
+def _overlap_counts(candidates: np.ndarray, ext: _Extents) -> np.ndarray:
     """Per candidate, how many masks (itself included) share at least one pixel with it.
 
     Only masks whose extent meets the candidate's extent can intersect it; each of those is ANDed with
-    the candidate inside the shared window.
+    the candidate inside the two extents' intersection.
     """
     counts = np.zeros(len(candidates), np.int64)
     for j, c in enumerate(candidates):
@@ -160,12 +167,18 @@ def _overlap_counts(masks: np.ndarray, candidates: np.ndarray, ext: _Extents) ->
             (ext.y0 < ext.y1[c]) & (ext.y1 > ext.y0[c]) & (ext.x0 < ext.x1[c]) & (ext.x1 > ext.x0[c])
             & (ext.areas > 0)
         )
-        win = ext.window(c)
-        counts[j] = np.count_nonzero((masks[:, win[0], win[1]][meets] & masks[c][win]).any(axis=(1, 2)))
+        y0, y1 = np.maximum(ext.y0[meets], ext.y0[c]), np.minimum(ext.y1[meets], ext.y1[c])
+        x0, x1 = np.maximum(ext.x0[meets], ext.x0[c]), np.minimum(ext.x1[meets], ext.x1[c])
+        counts[j] = sum(
+            bool(np.any(ext.part(m, a, b, d, e) & ext.part(c, a, b, d, e)))
+            for m, a, b, d, e in zip(meets, y0, y1, x0, x1, strict=True)
+        )
     return counts
 
 
-def _check_masks(masks: np.ndarray) -> np.ndarray:
+def _check_masks(masks: np.ndarray | CropMasks) -> np.ndarray | CropMasks:
+    if isinstance(masks, CropMasks):
+        return masks
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise BadInputError(f"derive: masks must be (N, H, W), got shape {masks.shape}")

@@ -33,11 +33,26 @@ class StoreError(PipelineError):
 
 
 class ReportingGroup(click.Group):
-    """A click group that prints a PipelineError as one line and exits 2, instead of a traceback."""
+    """A click group that prints a PipelineError as one line and exits 2, instead of a traceback.
+
+    Also one line each for what users cause or meet outside the code: Ctrl-C (exit 130; complete
+    stores stay, unfinished ones were only ever temporary files) and a file-system error such as a
+    full disk (exit 2, naming the file; atomic writers have removed their temporary file by then).
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except PipelineError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: complete stores are kept; shards in progress were discarded "
+                       "(the next run redoes them)", err=True)
+            sys.exit(130)
+        except OSError as exc:
+            if exc.errno is None:  # not the file system's (e.g. a network error inside a library)
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error: cannot write or read{where}: {exc.strerror or exc}", err=True)
             sys.exit(2)

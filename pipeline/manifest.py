@@ -88,6 +88,7 @@ class Manifest:
             m = cls(data["layout"], data["root"], frames, pairs, data.get("meta", {}))
         except (KeyError, TypeError) as exc:
             raise BadInputError(f"{source}: malformed manifest ({exc})") from None
+        _check_types(m, source)
         for f in m.frames:
             check_relative(f.id, source)
         return m
@@ -104,8 +105,49 @@ class Manifest:
         return cls.from_dict(data, str(path))
 
 
+def _check_types(m: Manifest, source: str) -> None:
+    """Every field its type, so that a hand-edited `"id": 5` is named here, not a traceback later."""
+    for name in ("layout", "root"):
+        if not isinstance(getattr(m, name), str):
+            raise BadInputError(f"{source}: {name} must be a string, got {getattr(m, name)!r}")
+    if not isinstance(m.meta, dict):
+        raise BadInputError(f"{source}: meta must be an object, got {type(m.meta).__name__}")
+    check_utf8(m.root, f"{source}: root")
+    for i, f in enumerate(m.frames):
+        for name in ("id", "sequence"):
+            value = getattr(f, name)
+            if not isinstance(value, str):
+                raise BadInputError(f"{source}: frames[{i}].{name} must be a string, got {value!r}")
+    for i, p in enumerate(m.pairs):
+        for name, value in vars(p).items():
+            if not (isinstance(value, str) or (value is None and name not in ("frame1", "frame2"))):
+                raise BadInputError(f"{source}: pairs[{i}].{name} must be a string, got {value!r}")
+            if value is not None:
+                check_utf8(value, f"{source}: pairs[{i}].{name}")
+
+
+def check_utf8(name: str, what: str = "file name") -> str:
+    """Refuse a name that is not valid UTF-8 (Python carries its bytes as lone surrogates).
+
+    Such a name cannot cross Dask's wire format, an HDF5 string or JSON without loss: before this
+    check it killed the worker's connection and `run` waited forever.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = name.encode("utf-8", "surrogateescape")
+        raise BadInputError(
+            f"{what} {raw!r} is not valid UTF-8; rename it (e.g. `convmv -f latin1 -t utf8`) or leave it "
+            "out of the dataset"
+        ) from None
+    return name
+
+
 def check_relative(frame_id: str, source: str = "manifest") -> str:
-    """Refuse ids that are absolute or climb out of the root with '..'."""
+    """Refuse ids that are absolute, climb out of the root with '..', or are not valid UTF-8."""
+    if not isinstance(frame_id, str):
+        raise BadInputError(f"{source}: frame id must be a string, got {frame_id!r}")
+    check_utf8(frame_id, f"{source}: frame id")
     p = PurePosixPath(frame_id)
     if not frame_id or p.is_absolute() or ".." in p.parts or "\\" in frame_id:
         raise BadInputError(f"{source}: frame id {frame_id!r} escapes the dataset root")

@@ -8,6 +8,7 @@ reruns the task elsewhere, and a later run skips every complete shard.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -58,12 +59,79 @@ def segmenter_info(seg: Segmenter, spec: SegmenterSpec) -> dict:
 
 
 def records_to_arrays(records: list[dict], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W) bool masks and (N, 4) XYWH boxes from segmenter records."""
+    """(N, H, W) bool masks and (N, 4) XYWH boxes from segmenter records (only for frames known to fit;
+    the segment stage itself uses pipeline.masks.CropMasks)."""
+    from unsamflow.pipeline.masks import CropMasks
+
     if not records:
         return np.zeros((0, *shape), bool), np.zeros((0, 4), np.float64)
-    masks = np.stack([np.asarray(r["segmentation"], bool) for r in records])
+    masks = CropMasks.from_records(records, shape).to_stack()
     bboxes = np.asarray([r["bbox"] for r in records], np.float64).reshape(-1, 4)
     return masks, bboxes
+
+
+# Share of a worker's memory (per thread) one frame may use; the rest is the segmenter's model, the
+# frame read ahead, the previous frame being written and Dask itself.
+FRAME_MEMORY_SHARE = 0.5
+
+
+def default_frame_budget() -> int:
+    """Bytes one frame may use: half of this worker's memory limit per thread (or of the machine's)."""
+    import psutil
+
+    limit, threads = None, 1
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        limit = worker.memory_manager.memory_limit
+        threads = max(1, worker.state.nthreads)
+    except (ValueError, AttributeError):  # not in a Dask worker (or an older one)
+        pass
+    if not limit:
+        limit = psutil.virtual_memory().total
+    return int(limit * FRAME_MEMORY_SHARE / threads)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or a framework's own (torch.OutOfMemoryError is a RuntimeError)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | None, spec: SegmenterSpec,
+                  check: bool):
+    """(records without their masks, CropMasks) of one frame, or BadFrameError when it cannot fit.
+
+    A segmenter may say what a frame will cost it (`peak_bytes(shape)`, e.g. SAM's full-resolution
+    mask logits): a frame over the budget is then refused before the call that would kill the worker.
+    """
+    from unsamflow.pipeline.masks import CropMasks, fmt_bytes
+    from unsamflow.pipeline.segmenters.base import check_records
+
+    shape = rgb.shape[:2]
+    peak = getattr(seg, "peak_bytes", None)
+    if budget is not None and callable(peak) and peak(shape) > budget:
+        raise BadFrameError(
+            frame_id, f"out of memory budget: segmenter {spec.name!r} needs about {fmt_bytes(peak(shape))} "
+            f"for a {shape[1]}x{shape[0]} frame, over the per-frame budget of {fmt_bytes(budget)} "
+            "(--frame-memory); raise it or lower the segmenter's batch size")
+    call = getattr(seg, "segment_compact", seg)  # run-length masks where the segmenter offers them
+    try:
+        records = call(rgb)
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            raise BadFrameError(frame_id, f"out of memory in segmenter {spec.name!r} for a "
+                                f"{shape[1]}x{shape[0]} frame: {type(exc).__name__}: {exc}") from None
+        raise
+    if check:  # a plug-in's records must not reach the store malformed
+        check_records(records, shape, spec.name)
+    try:
+        masks = CropMasks.from_records(records, shape, budget, frame_id)
+    except MemoryError:
+        raise BadFrameError(frame_id, f"out of memory converting {len(records)} masks of a "
+                            f"{shape[1]}x{shape[0]} frame") from None
+    meta = [{k: v for k, v in r.items() if k != "segmentation"} for r in records]
+    return meta, masks
 
 
 def _progress_sink():
@@ -115,15 +183,21 @@ def segment_shard(
     store_file: str,
     spec: SegmenterSpec,
     derive_config: dict,
+    frame_memory: int | None = None,
 ) -> dict:
-    """Dask task: segment one shard into one store. Returns the shard's statistics."""
+    """Dask task: segment one shard into one store. Returns the shard's statistics.
+
+    Failures stay with their frame: a frame that cannot be read, cannot fit in `frame_memory` bytes
+    (default: default_frame_budget()) or makes the segmenter run out of memory is recorded bad with
+    its reason and the shard goes on. A segmenter that raises on every frame of a shard is broken, not
+    the frames: then the shard fails (and is retried) instead of becoming a store of bad frames.
+    """
     from unsamflow.pipeline.derive import DeriveConfig, derive
     from unsamflow.pipeline.segmenters import BUILTIN_SEGMENTERS
-    from unsamflow.pipeline.segmenters.base import check_records
     from unsamflow.pipeline.store import StoreWriter
-    from unsamflow.pipeline.store.codec import tight_boxes
 
     t_start = time.perf_counter()
+    budget = frame_memory or default_frame_budget()
     emit = _progress_sink()
     shard = Manifest.load(shard_file)
     seg = worker_segmenter(spec)
@@ -147,38 +221,67 @@ def segment_shard(
         source=source,
         shard=dict(shard.meta),
     ) as writer:
-        def finish(frame_id: str, shape: tuple[int, int], sha: str, records: list[dict]) -> None:
-            masks, bboxes = records_to_arrays(records, shape)
-            boxes = tight_boxes(masks)  # once, for derive and the store's encoder
-            full_seg, key_idx = derive(masks, bboxes, cfg, boxes)
-            writer.add_frame(frame_id, image_shape=shape, sha256=sha, records=records,
-                             full_seg=full_seg, key_objects=key_idx, boxes=boxes)
+        def bad(frame_id: str, reason: str) -> None:
+            writer.add_bad(frame_id, reason)
+            stats["bad"][frame_id] = reason
+            emit({"frame": frame_id, "masks": 0, "bad": reason})
+
+        def finish(frame_id: str, shape: tuple[int, int], sha: str, records: list[dict], masks) -> None:
+            try:
+                bboxes = np.asarray([r["bbox"] for r in records], np.float64).reshape(-1, 4)
+                full_seg, key_idx = derive(masks, bboxes, cfg)
+                writer.add_frame(frame_id, image_shape=shape, sha256=sha, records=records,
+                                 full_seg=full_seg, key_objects=key_idx, masks=masks)
+            except MemoryError:  # add_frame checks everything before it appends: the store is intact
+                bad(frame_id, f"out of memory deriving or writing {len(records)} masks of a "
+                              f"{shape[1]}x{shape[0]} frame")
+                return
+            except StoreError as exc:  # this frame's records do not fit the store format
+                bad(frame_id, str(exc))
+                return
             stats["frames"] += 1
             stats["masks"] += len(records)
             emit({"frame": frame_id, "masks": len(records), "bad": None})
 
         # Frame i is derived and written on a second thread while frame i + 1 is segmented: on a GPU
         # worker (or a spare core) that work costs no wall time. One frame in flight bounds memory.
+        failures: list[BaseException] = []
+        readable = 0
         with ThreadPoolExecutor(1, thread_name_prefix="finish") as finisher:
             pending = None
-            for frame, rgb, sha, reason in read_ahead(shard):
-                if reason is not None:
-                    if pending is not None:
-                        pending.result()
-                    pending = finisher.submit(writer.add_bad, frame.id, reason)
-                    stats["bad"][frame.id] = reason
-                    emit({"frame": frame.id, "masks": 0, "bad": reason})
-                    continue
-                t0 = time.perf_counter()
-                records = seg(rgb)
-                stats["segmenter_s"] += time.perf_counter() - t0
-                if check:  # a plug-in's records must not reach the store malformed
-                    check_records(records, rgb.shape[:2], spec.name)
+
+            def after_previous(fn, *args) -> None:
+                nonlocal pending
                 if pending is not None:
                     pending.result()  # re-raises a failure of the previous frame here
-                pending = finisher.submit(finish, frame.id, rgb.shape[:2], sha, records)
+                pending = finisher.submit(fn, *args)
+
+            for frame, rgb, sha, reason in read_ahead(shard):
+                if reason is not None:
+                    after_previous(bad, frame.id, reason)
+                    continue
+                readable += 1
+                t0 = time.perf_counter()
+                try:
+                    records, masks = segment_frame(seg, rgb, frame.id, budget, spec, check)
+                except BadFrameError as exc:
+                    after_previous(bad, frame.id, exc.reason)
+                    continue
+                except BadInputError:  # a plug-in breaking the record format: the segmenter's fault
+                    raise
+                except Exception as exc:  # this frame only, unless it happens to every frame
+                    failures.append(exc)
+                    why = f"segmenter {spec.name!r} failed: {type(exc).__name__}: {exc}"
+                    after_previous(bad, frame.id, why)
+                    continue
+                finally:
+                    stats["segmenter_s"] += time.perf_counter() - t0
+                    del rgb
+                after_previous(finish, frame.id, tuple(masks.shape), sha, records, masks)
             if pending is not None:
                 pending.result()
+        if failures and len(failures) == readable:
+            raise failures[0]
         writer.commit()
     stats["task_s"] = time.perf_counter() - t_start
     return stats
@@ -285,9 +388,14 @@ def segment_shards(
     retries: int = 2,
     progress: bool = True,
     plan: Plan | None = None,
+    worker_timeout: float = 300.0,
+    frame_memory: int | None = None,
 ) -> SegmentResult:
-    """Run every incomplete shard on `client`'s cluster; complete stores are skipped, never rewritten."""
-    from distributed import as_completed
+    """Run every incomplete shard on `client`'s cluster; complete stores are skipped, never rewritten.
+
+    Never waits forever: when no worker is alive for `worker_timeout` s (every worker died, or the
+    scheduler is gone), the shards not finished are reported failed with that reason.
+    """
     from tqdm import tqdm
 
     store_dir.mkdir(parents=True, exist_ok=True)
@@ -313,21 +421,24 @@ def segment_shards(
     t0 = time.perf_counter()
     futures = {
         client.submit(
-            segment_shard, str(sf), str(store), spec, derive_config,
+            segment_shard, str(sf), str(store), spec, derive_config, frame_memory,
             key=f"segment-{store.name}", retries=retries, pure=False,
         ): store.name
         for sf, store, _ in todo
     }
     try:
-        for fut in as_completed(futures):
+        for fut, lost in completed(client, futures, worker_timeout):
             name = futures[fut]
+            if lost is not None:
+                res.failed[name] = lost
+                continue
             try:
                 stats = fut.result()
             except PipelineError as exc:
                 res.failed[name] = str(exc)
                 continue
             except Exception as exc:  # a shard failing after its retries: keep the others going
-                res.failed[name] = f"{type(exc).__name__}: {exc}"
+                res.failed[name] = describe_failure(exc)
                 continue
             res.written += 1
             res.frames += stats["frames"]
@@ -338,6 +449,56 @@ def segment_shards(
             res.build_s += stats["build_s"]
     finally:
         res.wall_s = time.perf_counter() - t0
-        client.unsubscribe_topic(PROGRESS_TOPIC)
+        with contextlib.suppress(Exception):  # the scheduler may be gone; nothing left to listen to
+            client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
     return res
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A shard's error for the summary; a worker that kept dying is most often out of memory."""
+    text = f"{type(exc).__name__}: {exc}"
+    if type(exc).__name__ == "KilledWorker":
+        text += (" (the worker running this shard died each time it tried: most often out of memory; "
+                 "see --frame-memory and the worker logs)")
+    return text
+
+
+def completed(client, futures, worker_timeout: float, poll: float = 1.0):
+    """Yield (future, None) as futures finish, like distributed.as_completed, but never forever.
+
+    Every `poll` s without a result the client asks the scheduler how many workers are alive (with a
+    time limit). When none has been alive for `worker_timeout` s, or the scheduler cannot be reached
+    for that long, the unfinished futures are cancelled and yielded as (future, why).
+    """
+    from distributed import wait
+
+    pending = set(futures)
+    since: float | None = None
+    why = ""
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=poll, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        for fut in done:
+            yield fut, None
+        if not pending:
+            return
+        try:
+            alive = len(client.nthreads(callback_timeout=max(poll, 5.0)))
+            why = "every worker died (killed, or out of memory: see the worker logs)"
+        except Exception as exc:  # scheduler gone or not answering
+            alive = 0
+            why = f"the scheduler does not answer ({type(exc).__name__}: {exc})"
+        if alive or done:
+            since = None
+            continue
+        since = since or time.monotonic()
+        if time.monotonic() - since >= worker_timeout:
+            break
+    message = f"no Dask worker alive for {worker_timeout:.0f} s (--worker-timeout): {why}; shard not finished"
+    with contextlib.suppress(Exception):
+        client.cancel(list(pending))
+    for fut in pending:
+        yield fut, message

@@ -187,18 +187,20 @@ class ShardFiles:
     removed: list[Path] = field(default_factory=list)
 
 
-def write_shards(manifest: Manifest, num_shards: int, out_dir: str | Path, force: bool = False) -> list[Path]:
+def write_shards(manifest: Manifest, num_shards: int, out_dir: str | Path, force: bool = False,
+                 remedy: str = "use --force to replace them, or another directory") -> list[Path]:
     """Write shard-00000-of-0000N.json ... into out_dir; see sync_shards."""
-    return sync_shards(manifest, num_shards, out_dir, force=force).paths
+    return sync_shards(manifest, num_shards, out_dir, force=force, remedy=remedy).paths
 
 
-def sync_shards(manifest: Manifest, num_shards: int, out_dir: str | Path, force: bool = False) -> ShardFiles:
+def sync_shards(manifest: Manifest, num_shards: int, out_dir: str | Path, force: bool = False,
+                remedy: str = "use --force to replace them, or another directory") -> ShardFiles:
     """Make out_dir hold exactly the shards of (manifest, num_shards).
 
     Idempotent: shards already there with the same content are left alone, so a re-run is a
     no-op and an interrupted run is completed. Shard files of another manifest or shard
     count are never overwritten unless `force` (then they are replaced and the extra ones
-    removed).
+    removed). `remedy` is what the refusal tells the user to do (each command has its own options).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -216,7 +218,7 @@ def sync_shards(manifest: Manifest, num_shards: int, out_dir: str | Path, force:
         why = "another shard count" if old_meta.get("manifest_sha256") == sha else "a different manifest"
         raise BadInputError(
             f"{out_dir} already holds shards of {why} ({stale[0].name}); "
-            "use --force to replace them, or another directory"
+            + remedy
         )
     owners: dict[str, set[int]] = {}
     for i, sh in enumerate(shards):

@@ -8,6 +8,8 @@ import numpy as np
 
 def label_colours(n: int, seed: int = 7) -> np.ndarray:
     """n distinct-ish RGB colours, stable for a given n (label 0 of a segmentation is drawn black)."""
+    if n <= 0:  # a frame with no masks (all black, 1x1): OpenCV refuses an empty colour conversion
+        return np.zeros((0, 3), np.uint8)
     rng = np.random.default_rng(seed)
     hsv = np.stack(
         [rng.permutation(np.linspace(0, 179, max(n, 1), endpoint=False)).astype(np.uint8)[:n],

@@ -68,3 +68,53 @@ class BlockingSegmenter(GridSegmenter):
 
 def make_blocking(reached: str, release: str, block_at: int = 2, k: int = 2) -> BlockingSegmenter:
     return BlockingSegmenter(reached, release, block_at, k)
+
+
+def _rle(mask: np.ndarray) -> dict:
+    """segment-anything's uncompressed RLE of one mask (column-major, zeros first)."""
+    flat = mask.T.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
+    return {"size": list(mask.shape), "counts": ([0] + runs) if flat[0] else runs}
+
+
+class ManySegmenter:
+    """n masks per frame as run lengths, like SAM's `uncompressed_rle` output: full-frame masks
+    (block=0) or block x block squares along the diagonal. Never holds more than one full mask.
+
+    fail_width: frames of this width raise `fail` (MemoryError or RuntimeError) instead.
+    """
+
+    name = "many"
+    version = "1"
+
+    def __init__(self, n: int = 50, block: int = 0, fail_width: int = 0, fail: str = "MemoryError"):
+        self.n, self.block, self.fail_width, self.fail = n, block, fail_width, fail
+
+    def config(self) -> dict:
+        return {"n": self.n, "block": self.block}
+
+    def __call__(self, image: np.ndarray) -> list[dict]:
+        h, w = image.shape[:2]
+        if w == self.fail_width or self.fail_width < 0:
+            raise {"MemoryError": MemoryError, "RuntimeError": RuntimeError}[self.fail](
+                f"plug-in failure on a {w}x{h} frame")
+        out = []
+        for i in range(self.n):
+            m = np.zeros((h, w), bool)
+            if self.block:
+                y, x = (i * self.block) % max(1, h - self.block), (i * self.block) % max(1, w - self.block)
+                m[y : y + self.block, x : x + self.block] = True
+            else:
+                m[:] = True
+            ys, xs = np.nonzero(m)
+            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
+            out.append({"segmentation": _rle(m), "area": int(m.sum()), "bbox": bbox, "predicted_iou": 1.0,
+                        "stability_score": 1.0, "point_coords": [[float(xs[0]), float(ys[0])]],
+                        "crop_box": [0, 0, w, h]})
+            del m
+        return out
+
+
+def make_many(n: int = 50, block: int = 0, fail_width: int = 0, fail: str = "MemoryError") -> ManySegmenter:
+    return ManySegmenter(n, block, fail_width, fail)

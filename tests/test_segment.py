@@ -170,7 +170,8 @@ def test_worker_killed_mid_shard_on_external_cluster(shared_data, tmp_path):
     spec = SegmenterSpec("plugin_segmenter:make_blocking",
                          {"reached": str(reached), "release": str(release), "block_at": 3})
     sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     procs = [_start([str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
                      "--no-dashboard", "--scheduler-file", str(sched_file)], tmp_path / "sched.log")]
     try:

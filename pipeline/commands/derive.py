@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from unsamflow.pipeline.commands.options import derive_options
+from unsamflow.pipeline.lock import output_lock, sweep_temps
 
 
 @click.command()
@@ -19,15 +20,25 @@ def derive(store_dir: Path, derive_config: dict) -> None:
     atomically. An existing index.json is rebuilt afterwards (the stores changed).
     """
     from unsamflow.pipeline.derive import DeriveConfig
-    from unsamflow.pipeline.rederive import rewrite_derived
-    from unsamflow.pipeline.store import MaskStore
-    from unsamflow.pipeline.store.index import INDEX_NAME, build_index, store_files
+    from unsamflow.pipeline.store.index import store_files
 
     cfg = DeriveConfig.from_dict(derive_config)
     files = store_files(store_dir)
     if not files:
         click.echo(f"no mask stores (*.h5) in {store_dir}")
         return
+    with output_lock(store_dir, "pipeline derive"):
+        # A killed derive leaves a store-sized temporary; holding the lock, every one is a dead writer's.
+        for tmp in sweep_temps(store_dir):
+            click.echo(f"removed {tmp.name} (left by a writer that was killed)")
+        _derive_all(store_dir, files, cfg)
+
+
+def _derive_all(store_dir: Path, files: list[Path], cfg) -> None:
+    from unsamflow.pipeline.rederive import rewrite_derived
+    from unsamflow.pipeline.store import MaskStore
+    from unsamflow.pipeline.store.index import INDEX_NAME, build_index
+
     done = skipped = 0
     for path in files:
         with MaskStore(path) as store:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 import yaml
-from unsamflow.pipeline.cluster import LOOPBACK, ClusterConfig, check_tls
+from unsamflow.pipeline.cluster import (
+    LOOPBACK,
+    ClusterConfig,
+    check_scheduler_address,
+    check_slurm_commands,
+    check_tls,
+)
 from unsamflow.pipeline.errors import BadInputError
 from unsamflow.pipeline.segmenters.base import SegmenterSpec
 
@@ -25,6 +31,21 @@ def parse_kv(items: tuple[str, ...], what: str) -> dict:
         except json.JSONDecodeError:
             out[key.strip().replace("-", "_")] = value
     return out
+
+
+def parse_size(value: str | int | None, what: str) -> int | None:
+    """'2GiB', '500MB', a number of bytes, or 'auto' (None)."""
+    from dask.utils import parse_bytes
+
+    if value is None or str(value).strip().lower() == "auto":
+        return None
+    try:
+        size = int(parse_bytes(value))
+    except (ValueError, TypeError):
+        raise BadInputError(f"{what}: a size such as 2GiB or 500MB, or auto; got {value!r}") from None
+    if size <= 0:
+        raise BadInputError(f"{what}: must be positive, got {value!r}")
+    return size
 
 
 def segmenter_options(f):
@@ -113,9 +134,16 @@ def cluster_options(f):
                   help="Serve the Dask dashboard of a local cluster (on 127.0.0.1).")
     @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
                   help="Times a failed shard is retried.")
+    @click.option("--worker-timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+                  metavar="SECONDS",
+                  help="Give up (with an error) when no worker is alive for this long: at start, or after "
+                       "every worker died. SLURM jobs queue: give them more.")
+    @click.option("--frame-memory", default="auto", show_default=True, metavar="SIZE",
+                  help="Memory one frame may use on a worker (e.g. 2GiB); a frame that needs more is "
+                       "recorded bad with the numbers. auto: half the worker's memory limit.")
     @functools.wraps(f)
     def wrapper(*args, workers, threads_per_worker, scheduler, tls_ca, tls_cert, tls_key, slurm_jobs,
-                slurm_opts, dashboard, **kwargs):
+                slurm_opts, dashboard, worker_timeout, frame_memory, **kwargs):
         slurm = parse_kv(slurm_opts, "--slurm-option")
         if slurm_jobs:
             slurm["jobs"] = slurm_jobs
@@ -124,9 +152,13 @@ def cluster_options(f):
         cluster = ClusterConfig(
             scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
             dashboard=f"{LOOPBACK}:0" if dashboard else None, slurm=slurm,
-            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, worker_timeout=float(worker_timeout),
+            frame_memory=parse_size(frame_memory, "--frame-memory"),
         )
-        check_tls(cluster)  # a typo in a path fails now, not after the manifest and shard stages
+        check_scheduler_address(scheduler)  # a typo fails now, not after the manifest and shard stages
+        if slurm_jobs:
+            check_slurm_commands()
+        check_tls(cluster)
         kwargs["cluster"] = cluster
         return f(*args, **kwargs)
 

@@ -18,7 +18,9 @@ from unsamflow.pipeline.commands.options import (
 from unsamflow.pipeline.commands.segment import exit_status, run_segment
 from unsamflow.pipeline.commands.show import render_frames
 from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.lock import output_lock, sweep_temps
 from unsamflow.pipeline.manifest import Manifest
+from unsamflow.pipeline.segmenters import check_spec
 
 
 @click.command()
@@ -47,13 +49,25 @@ from unsamflow.pipeline.manifest import Manifest
 def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash,
         pictures, spec, derive_config, cluster, retries) -> None:
     """manifest -> shard -> segment (+derive) -> index -> verify -> show, in OUT."""
+    check_spec(spec)  # a bad segmenter option, model type or checkpoint fails before anything is written
+    t0 = time.perf_counter()
+    stores = out / "stores"
+    with output_lock(out, "pipeline run"), output_lock(stores, "pipeline run"):
+        for folder in (out, out / "shards", stores, out / "pictures"):
+            sweep_temps(folder)
+        status = _run(layout, root, layout_opts, manifest_file, allow_partial, out, num_shards, skip_bad,
+                      no_hash, pictures, spec, derive_config, cluster, retries, t0)
+    sys.exit(status)
+
+
+def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash,
+         pictures, spec, derive_config, cluster, retries, t0: float) -> int:
     from unsamflow.pipeline.layouts import check_expected, scan
     from unsamflow.pipeline.shard import write_shards
     from unsamflow.pipeline.store.index import build_index
     from unsamflow.pipeline.verify import verify
 
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    stores = out / "stores"
     manifest_path = out / "manifest.json"
     if manifest_file:
         manifest = Manifest.load(manifest_file)
@@ -70,11 +84,11 @@ def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_
     _save_if_changed(manifest, manifest_path)
     click.echo(f"[1/6] manifest: {summary(manifest)} -> {manifest_path}")
 
-    shard_paths = write_shards(manifest, num_shards, out / "shards")
+    shard_paths = write_shards(manifest, num_shards, out / "shards",
+                               remedy="give the --shards count of the earlier run, or another --out")
     click.echo(f"[2/6] shard: {len(shard_paths)} shards -> {out / 'shards'}")
 
     click.echo(f"[3/6] segment with {spec.name} (+derive) ...")
-    stores = out / "stores"
     result = run_segment(out / "shards", stores, spec, derive_config, cluster, retries)
     click.echo(result.summary())
 
@@ -90,7 +104,7 @@ def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_
     click.echo(f"[6/6] pictures: {len(pics)} -> {out / 'pictures'}")
     click.echo(f"done in {time.perf_counter() - t0:.1f} s: stores in {stores}")
     status = exit_status(result, skip_bad)
-    sys.exit(status or (0 if report.ok or (skip_bad and report.only_bad_frames) else 1))
+    return status or (0 if report.ok or (skip_bad and report.only_bad_frames) else 1)
 
 
 def _save_if_changed(manifest: Manifest, path: Path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
 from unsamflow.pipeline.commands.options import cluster_options, derive_options, segmenter_options
-from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.errors import BadInputError, PipelineError
+from unsamflow.pipeline.lock import output_lock, sweep_temps
 from unsamflow.pipeline.segment import SegmentResult, plan_shards, segment_shards
 from unsamflow.pipeline.segmenters import check_spec
 from unsamflow.pipeline.segmenters.base import SegmenterSpec
@@ -34,10 +35,21 @@ def run_segment(
     if not plan.todo:  # nothing to do: no cluster to start
         return segment_shards(files, out, spec, derive_config, None, plan=plan, progress=progress)
     with open_cluster(cluster) as client:
-        if progress and client.dashboard_link:
+        # A local cluster started with --no-dashboard serves none, whatever link Dask makes up for it.
+        has_dashboard = cluster.scheduler or cluster.slurm or cluster.dashboard is not None
+        if progress and has_dashboard and client.dashboard_link:
             click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        return segment_shards(files, out, spec, derive_config, client, retries=retries, progress=progress,
-                              plan=plan)
+        result = segment_shards(files, out, spec, derive_config, client, retries=retries, progress=progress,
+                                plan=plan, worker_timeout=cluster.worker_timeout,
+                                frame_memory=cluster.frame_memory)
+        if not has_dashboard:
+            result.dashboard = None
+    if result.failed and not result.written and not result.skipped:
+        click.echo(result.summary())
+        first = min(result.failed)
+        raise PipelineError(f"every shard failed ({len(result.failed)} of {result.shards}); the first, "
+                            f"{first}: {result.failed[first]}")
+    return result
 
 
 def exit_status(result: SegmentResult, skip_bad: bool) -> int:
@@ -60,6 +72,9 @@ def exit_status(result: SegmentResult, skip_bad: bool) -> int:
 @cluster_options
 def segment(shards: Path, out: Path, skip_bad: bool, spec, derive_config, cluster, retries: int) -> None:
     """Segment every frame of every shard; complete stores are skipped, failed shards retried."""
-    result = run_segment(shards, out, spec, derive_config, cluster, retries)
+    check_spec(spec)
+    with output_lock(out, "pipeline segment"):
+        sweep_temps(out)
+        result = run_segment(shards, out, spec, derive_config, cluster, retries)
     click.echo(result.summary())
     sys.exit(exit_status(result, skip_bad))

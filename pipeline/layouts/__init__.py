@@ -8,6 +8,7 @@ Each layout lives in its own module and registers one `Layout` in LAYOUTS.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,11 @@ def scan(layout: str, root: str | Path, **options: Any) -> Manifest:
     if not found.frames:
         where = f" (missing: {', '.join(found.missing_dirs)})" if found.missing_dirs else ""
         raise BadInputError(f"{root_path}: no {spec.name} frames found{where}; {spec.description}")
+    _refuse_non_utf8(root_path, found)
     meta: dict[str, Any] = {"options": opts, "counts": counts(found)}
     if found.ignored:
-        meta["ignored"] = {"count": len(found.ignored), "examples": found.ignored[:_MAX_IGNORED_EXAMPLES]}
+        examples = [_printable(name) for name in found.ignored[:_MAX_IGNORED_EXAMPLES]]
+        meta["ignored"] = {"count": len(found.ignored), "examples": examples}
     if found.missing_dirs:
         meta["missing_dirs"] = found.missing_dirs
     return Manifest(spec.name, str(root_path), found.frames, found.pairs, meta)
@@ -125,3 +128,24 @@ def _resolve_options(spec: Layout, given: dict[str, Any]) -> dict[str, Any]:
             )
         opts[key] = value
     return opts
+
+
+def _printable(name: str) -> str:
+    """A name as valid UTF-8 text (undecodable bytes as U+FFFD), for notes such as `ignored`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _refuse_non_utf8(root: Path, found: ScanResult) -> None:
+    """Refuse frames and ground-truth files whose names are not valid UTF-8, naming them.
+
+    Their ids could not travel to the workers (Dask's messages are UTF-8): a run on them hung.
+    """
+    names = [f.id for f in found.frames]
+    names += [v for p in found.pairs for v in vars(p).values() if isinstance(v, str)]
+    bad = [n for n in names if _printable(n) != n]
+    if bad:
+        shown = ", ".join(repr(os.fsencode(n)) for n in bad[:5])
+        raise BadInputError(
+            f"{root}: {len(bad)} file name(s) are not valid UTF-8: {shown}; rename them (e.g. `convmv -f "
+            "latin1 -t utf8 -r --notest ROOT`) or move them out of the dataset"
+        )

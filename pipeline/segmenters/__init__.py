@@ -73,10 +73,41 @@ def check_spec(spec: SegmenterSpec) -> Any:
             raise BadInputError(
                 f"segmenter {spec.name!r}: bad options {sorted(spec.options)} ({exc}); it accepts {accepted}"
             ) from None
+        _check_option_types(spec, signature)
     checkpoint = spec.options.get("checkpoint")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise BadInputError(f"segmenter {spec.name!r}: checkpoint not found: {checkpoint}")
+    check_options = getattr(factory, "check_options", None)
+    if callable(check_options):  # a backend's own cheap checks (e.g. SAM: model type vs checkpoint)
+        check_options(**spec.options)
     return factory
+
+
+# What a value given for a parameter must be, judged by the type of the parameter's default: a string
+# where the default is a number would otherwise reach the workers and fail every shard there.
+_KINDS: list[tuple[type, tuple[type, ...], str]] = [
+    (bool, (bool,), "true or false"),
+    (int, (int,), "an integer"),
+    (float, (int, float), "a number"),
+    (str, (str,), "a string"),
+]
+
+
+def _check_option_types(spec: SegmenterSpec, signature: inspect.Signature) -> None:
+    for key, value in spec.options.items():
+        param = signature.parameters.get(key)
+        if param is None or param.default is inspect.Parameter.empty or param.default is None:
+            continue
+        default = param.default
+        for kind, allowed, words in _KINDS:
+            if isinstance(default, kind):
+                ok = isinstance(value, allowed) and (kind is bool or not isinstance(value, bool))
+                if not ok:
+                    raise BadInputError(
+                        f"segmenter {spec.name!r}: option {key} must be {words} (its default is "
+                        f"{default!r}), got {value!r}"
+                    )
+                break
 
 
 def build_segmenter(spec: SegmenterSpec) -> Segmenter:

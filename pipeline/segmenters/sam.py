@@ -97,15 +97,23 @@ def write_tiny_sam_checkpoint(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def load_sam_state_dict(path: str | Path, model_type: str) -> dict[str, torch.Tensor]:
-    """Load a checkpoint without executing code and check it fits `model_type`; BadInputError if not."""
+def load_sam_state_dict(path: str | Path, model_type: str, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Load a checkpoint without executing code and check it fits `model_type`; BadInputError if not.
+
+    mmap: map the file instead of reading it (for checks that need only the keys and shapes).
+    """
     path = Path(path)
     if model_type not in SAM_MODEL_TYPES:
         raise BadInputError(f"sam: unknown model_type {model_type!r}; choose one of {_TYPES}")
     if not path.is_file():
         raise BadInputError(f"sam checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # mapped, not read: checking a 2.5 GB checkpoint on the client costs no memory
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except Exception as exc:  # torch raises pickle, zip and runtime errors for foreign files
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadInputError(
@@ -186,11 +194,22 @@ class SamSegmenter:
         model.load_state_dict(state)
         del state
         self.model = model.to(self.device).eval()
-        self.generator = SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **self.options)
+        # Run lengths, not bool masks: the generator holds every mask of a frame at once, and at full
+        # resolution that is N x H x W bytes (29 GB for 458 masks of 8000 x 8000). The segment stage
+        # takes the run lengths (segment_compact); __call__ decodes them for the record contract.
+        self.generator = SamAutomaticMaskGenerator(self.model, output_mode="uncompressed_rle", **self.options)
         self.version = (
             f"sam/{WRAPPER_VERSION} segment-anything/{importlib.metadata.version('segment-anything')} "
             f"torch/{torch.__version__}"
         )
+
+    @staticmethod
+    def check_options(checkpoint: str | Path, model_type: str = "vit_h", **_options: Any) -> None:
+        """Before any cluster starts: the model type exists and the checkpoint is one of its kind.
+
+        The checkpoint is memory-mapped, so this reads its key table, not its 2.5 GB of weights.
+        """
+        load_sam_state_dict(checkpoint, model_type, mmap=True)
 
     def config(self) -> dict[str, Any]:
         # The device is left out on purpose: workers on different GPUs must write the same config.
@@ -202,7 +221,27 @@ class SamSegmenter:
             "output_mode": "binary_mask",
         }
 
+    # Bytes per pixel of each mask candidate in flight: float32 logits at full resolution (4), the
+    # thresholded masks and the stability score's comparisons (bool, 1 + 2), the transposed copy run
+    # lengths are taken from (1). Candidates in flight: points_per_batch x 3 (multimask output).
+    _BYTES_PER_CANDIDATE_PIXEL = 8
+
+    def peak_bytes(self, shape: tuple[int, int]) -> int:
+        """About the most memory the generator takes for a frame of `shape` (its full-resolution batch)."""
+        candidates = self.options["points_per_batch"] * 3
+        return self._BYTES_PER_CANDIDATE_PIXEL * candidates * int(shape[0]) * int(shape[1])
+
     def __call__(self, image: np.ndarray) -> list[dict[str, Any]]:
+        from unsamflow.pipeline.masks import rle_decode
+
+        records = self.segment_compact(image)
+        for r in records:
+            r["segmentation"] = np.ascontiguousarray(rle_decode(r["segmentation"]))
+        return records
+
+    def segment_compact(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """The records with each "segmentation" as uncompressed RLE ({"size": [h, w], "counts": [...]},
+        column-major), so that no full-resolution mask needs to exist."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise BadInputError(
                 f"sam segmenter: expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}"
@@ -211,7 +250,8 @@ class SamSegmenter:
             raw = self.generator.generate(image)
         return [
             {
-                "segmentation": np.asarray(r["segmentation"], dtype=bool),
+                "segmentation": {"size": [int(v) for v in r["segmentation"]["size"]],
+                                 "counts": r["segmentation"]["counts"]},
                 "area": int(r["area"]),
                 "bbox": [int(v) for v in r["bbox"]],
                 "predicted_iou": float(r["predicted_iou"]),

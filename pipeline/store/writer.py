@@ -147,10 +147,12 @@ class StoreWriter:
 
     def add_frame(self, frame_id: str, *, image_shape: tuple[int, int], sha256: str,
                   records: list[dict], full_seg: np.ndarray, key_objects,
-                  boxes: np.ndarray | None = None) -> None:
+                  boxes: np.ndarray | None = None, masks=None) -> None:
         """One segmented frame: its SAM-style records and derived products.
 
         `boxes`: the masks' tight boxes (`codec.tight_boxes`) when the caller computed them already.
+        `masks`: the masks as `pipeline.masks.CropMasks` (tight boxes and their crops); then the
+        records' own "segmentation" is not read (it may be absent), and no full-frame mask is needed.
         """
         self._check_new(frame_id)
         shape = (int(image_shape[0]), int(image_shape[1]))
@@ -163,11 +165,20 @@ class StoreWriter:
                                                  "run_count")}
         run_pos = app.sizes["masks/runs"]
         runs = []
+        if masks is not None and (len(masks.crops) != n or tuple(masks.shape) != shape):
+            raise StoreError(f"frame {frame_id!r}: {len(masks.crops)} crops of a {masks.shape} frame for "
+                             f"{n} records of a {shape} frame")
         for i, rec in enumerate(records):
-            seg = np.asarray(rec["segmentation"], bool)
-            if seg.shape != shape:
-                raise StoreError(f"frame {frame_id!r}, mask {i}: shape {seg.shape} != image shape {shape}")
-            box, mask_runs = codec.encode_mask(seg, None if boxes is None else boxes[i])
+            if masks is not None:
+                crop = masks.crops[i]
+                _, mask_runs = codec.encode_mask(crop, (0, 0, *crop.shape) if crop.size else (0, 0, 0, 0))
+                box = tuple(int(v) for v in masks.boxes[i])
+            else:
+                seg = np.asarray(rec["segmentation"], bool)
+                if seg.shape != shape:
+                    raise StoreError(
+                        f"frame {frame_id!r}, mask {i}: shape {seg.shape} != image shape {shape}")
+                box, mask_runs = codec.encode_mask(seg, None if boxes is None else boxes[i])
             cols["box"].append(box)
             cols["run_start"].append(run_pos)
             cols["run_count"].append(mask_runs.size)
