@@ -123,9 +123,8 @@ def _colour_map(x: torch.Tensor, params: AppearanceParams) -> tuple[torch.Tensor
     grey = torch.tensor(_GREY, device=dev)
     mean = (x.float().mean(dim=(1, 3, 4)) @ grey) * params.brightness.float()  # (B,)
     ang = 2 * math.pi * params.hue.float()
-    rot = torch.zeros(b, 3, 3, device=dev)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = ang.cos(), -ang.sin(), ang.sin(), ang.cos()
+    cos, sin, zero, one = ang.cos(), ang.sin(), torch.zeros_like(ang), torch.ones_like(ang)
+    rot = torch.stack((one, zero, zero, zero, cos, -sin, zero, sin, cos), 1).view(b, 3, 3)
     hue = _YIQ2RGB.to(dev) @ rot @ _RGB2YIQ.to(dev)
     s = params.saturation.float().view(b, 1, 1)
     sat = s * torch.eye(3, device=dev) + (1 - s) * grey.view(1, 1, 3).expand(b, 3, 3)

@@ -74,29 +74,27 @@ def affine_matrices(p: AffineParams, size: tuple[int, int]) -> tuple[torch.Tenso
     sx, sy = (p.zoom * p.squeeze).float(), (p.zoom / p.squeeze).float()
     cos, sin = torch.cos(p.angle.float()), torch.sin(p.angle.float())
     tx, ty = p.tx.float() * cx, p.ty.float() * cy
-    b = sx.shape[0]
-    fwd = torch.zeros(b, 3, 3, device=sx.device)
-    fwd[:, 0, 0], fwd[:, 0, 1] = cos * sx, -sin * sy
-    fwd[:, 1, 0], fwd[:, 1, 1] = sin * sx, cos * sy
-    fwd[:, 0, 2] = cx + tx - fwd[:, 0, 0] * cx - fwd[:, 0, 1] * cy
-    fwd[:, 1, 2] = cy + ty - fwd[:, 1, 0] * cx - fwd[:, 1, 1] * cy
-    fwd[:, 2, 2] = 1
-    inv = torch.zeros_like(fwd)  # A^-1 = diag(1/sx, 1/sy) R(-angle); x = A^-1 (p - c - t) + c
-    inv[:, 0, 0], inv[:, 0, 1] = cos / sx, sin / sx
-    inv[:, 1, 0], inv[:, 1, 1] = -sin / sy, cos / sy
-    inv[:, 0, 2] = cx - inv[:, 0, 0] * (cx + tx) - inv[:, 0, 1] * (cy + ty)
-    inv[:, 1, 2] = cy - inv[:, 1, 0] * (cx + tx) - inv[:, 1, 1] * (cy + ty)
-    inv[:, 2, 2] = 1
+    zero, one = torch.zeros_like(sx), torch.ones_like(sx)
+    a, bb, c, d = cos * sx, -sin * sy, sin * sx, cos * sy
+    fwd = _rows(a, bb, cx + tx - a * cx - bb * cy, c, d, cy + ty - c * cx - d * cy, zero, zero, one)
+    # A^-1 = diag(1/sx, 1/sy) R(-angle); x = A^-1 (p - c - t) + c
+    ia, ib, ic, id_ = cos / sx, sin / sx, -sin / sy, cos / sy
+    px, py = cx + tx, cy + ty
+    inv = _rows(ia, ib, cx - ia * px - ib * py, ic, id_, cy - ic * px - id_ * py, zero, zero, one)
     return fwd, inv
+
+
+def _rows(*entries: torch.Tensor) -> torch.Tensor:
+    """(B,3,3) from nine (B,) entries in row-major order (one stack, not nine index writes)."""
+    return torch.stack(entries, 1).view(-1, 3, 3)
 
 
 def mirror_matrix(hflip: torch.Tensor, vflip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B,3,3) x -> W-1-x where hflip, y -> H-1-y where vflip (its own inverse)."""
     h, w = size
     sx, sy = 1 - 2 * hflip.float(), 1 - 2 * vflip.float()
-    m = torch.zeros(hflip.shape[0], 3, 3, device=hflip.device)
-    m[:, 0, 0], m[:, 1, 1], m[:, 2, 2] = sx, sy, 1
-    m[:, 0, 2], m[:, 1, 2] = (1 - sx) * (w - 1) / 2, (1 - sy) * (h - 1) / 2
+    zero, one = torch.zeros_like(sx), torch.ones_like(sx)
+    m = _rows(sx, zero, (1 - sx) * (w - 1) / 2, zero, sy, (1 - sy) * (h - 1) / 2, zero, zero, one)
     return m
 
 
@@ -119,7 +117,9 @@ def inside(inv: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (ok & (q[..., 1, :] <= h - 1 + _TOL)).all(-1)
 
 
-def _draw_affine(generator: torch.Generator, n: int, zoom, squeeze, rotate, translate: float) -> AffineParams:
+def _draw_affine(
+    generator: torch.Generator, n: int, zoom: tuple, squeeze: tuple, rotate: tuple, translate: float
+) -> AffineParams:
     dev = generator.device
     return AffineParams(
         zoom=uniform(generator, n, zoom[0], zoom[1], dev),
@@ -209,7 +209,7 @@ def apply_spatial(
     """Transform a pair, its pseudo-label flow (B,2,H,W), noc and full_seg by one draw."""
     pair = AugmentedPair.build(img1, img2, flow, noc, seg1, seg2)
     b, _, h, w = pair.img1.shape
-    t1, t1_inv, t2, t2_inv = frame_maps(params, (h, w))
+    t1, t1_inv, t2, t2_inv = (t.to(pair.img1.device) for t in frame_maps(params, (h, w)))
     grid1, x1 = _grid(t1_inv, (h, w))
     grid2, x2 = _grid(t2_inv, (h, w))
     dt = pair.img1.dtype
