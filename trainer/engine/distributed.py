@@ -31,8 +31,9 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment (no-op for one process)."""
+def init_distributed(device_type: str, init_method: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes in the environment (no-op for one process).
+    init_method: e.g. "file:///tmp/x" instead of torchrun's MASTER_ADDR/PORT (tests)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -41,7 +42,7 @@ def init_distributed(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world)
     return DistInfo(rank=rank, world_size=world, local_rank=local)
 
 

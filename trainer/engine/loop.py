@@ -81,6 +81,7 @@ class Trainer:
         self.result: StepResult | None = None
         self.step_times: dict[str, float] = {}
         self.grad_norm: float | None = None
+        self.logger: Any = None  # the run's RunLogger, when hooks write one
 
     def train(self) -> None:
         for h in self.hooks:

@@ -122,22 +122,32 @@ class Prepared:
     checkpoint: dict[str, Any] | None
 
 
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest ckpt_XXXXXXX.pt in `folder` (by iteration), else latest.pt, else None. The numbered
+    file decides: a run killed between writing it and relinking latest.pt resumes from it."""
+    numbered = sorted(folder.glob("ckpt_[0-9]*.pt"), key=lambda f: int(f.stem[5:])) if folder.is_dir() else []
+    if numbered:
+        return numbered[-1]
+    return folder / LATEST if (folder / LATEST).exists() else None
+
+
 def run_holds(run_dir: Path) -> list[str]:
     """The files of an earlier run in `run_dir` (config, checkpoints), if any."""
     found = [run_dir / CONFIG_FILE, run_dir / CHECKPOINTS]
     return [str(p) for p in found if p.exists()]
 
 
-def prepare(cfg: Any, run_dir: str | Path, resume: bool = False) -> Prepared:
-    """Check everything a run needs (resume: take the config from the run's latest checkpoint)."""
+def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: str | None = None) -> Prepared:
+    """Check everything a run needs (resume: take the config from the run's latest checkpoint).
+    Joins the torch.distributed group when launched by torchrun (init_method: see init_distributed)."""
     from unsamflow.trainer.config import config_from_dict, config_to_dict
 
     run_dir = Path(run_dir)
     checkpoint = None
     if resume:
-        latest = run_dir / CHECKPOINTS / LATEST
-        if not latest.exists():
-            raise BadInputError(f"--resume: {run_dir} holds no checkpoint ({latest} does not exist); "
+        latest = latest_checkpoint(run_dir / CHECKPOINTS)
+        if latest is None:
+            raise BadInputError(f"--resume: {run_dir} holds no checkpoint (no {CHECKPOINTS}/ckpt_*.pt); "
                                 "start a new run without --resume in an empty folder")  # fmt: skip
         checkpoint = load_checkpoint(latest)
         saved = config_from_dict(checkpoint["config"])
@@ -151,7 +161,7 @@ def prepare(cfg: Any, run_dir: str | Path, resume: bool = False) -> Prepared:
     elif run_holds(run_dir):
         raise BadInputError(f"{run_dir} already holds a run ({', '.join(run_holds(run_dir))}); use --resume "
                             "to continue it or choose another --out")  # fmt: skip
-    dist = distributed.init_distributed("cuda" if _wants_cuda(cfg) else "cpu")
+    dist = distributed.init_distributed("cuda" if _wants_cuda(cfg) else "cpu", init_method)
     device = resolve_device(cfg, dist)
     if cfg.optim.batch_size % dist.world_size:
         raise BadInputError(f"optim.batch_size: {cfg.optim.batch_size} is not divisible by the "
@@ -176,43 +186,40 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path or "(root)"]
 
 
-def train(p: Prepared) -> dict[str, Any]:
-    """Run (or continue) training; returns a summary. Writes config.yaml, checkpoints/, tensorboard/,
-    metrics.jsonl under the run folder (rank 0 only)."""
-    import yaml
-    from unsamflow.pipeline.atomic import write_bytes_atomic
-    from unsamflow.trainer.augment import KeyObjectCache
-    from unsamflow.trainer.config import config_to_dict, stage_at
-    from unsamflow.trainer.data import build_loader, set_epoch
-    from unsamflow.trainer.model import PWCLite
-
-    cfg, dist, device, ck = p.cfg, p.dist, p.device, p.checkpoint
-    if dist.is_main:
-        p.run_dir.mkdir(parents=True, exist_ok=True)
-        if ck is None:
-            text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-            write_bytes_atomic(p.run_dir / CONFIG_FILE, text.encode())
-    distributed.barrier()
-
-    seed_everything(cfg.seed, dist.rank)
-    model = PWCLite(**model_args(cfg)).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+def build_optimizer(cfg: Any, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam and its schedule (OneCycle: warm-up fraction, linear or cosine anneal; or constant)."""
     o = cfg.optim
     optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                 weight_decay=o.weight_decay)
+                                 weight_decay=o.weight_decay)  # fmt: skip
     if o.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=o.lr, total_steps=o.iterations, pct_start=o.warmup, anneal_strategy=o.anneal,
             div_factor=o.div_factor, final_div_factor=o.final_div_factor, cycle_momentum=False)
     else:
         scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return optimizer, scheduler
+
+
+def build_trainer(p: Prepared, with_hooks: bool = True) -> Trainer:
+    """Model, optimiser, objective, data stream and hooks, restored from `p.checkpoint` when resuming.
+    with_hooks=False: a bare trainer that writes nothing (benchmarks, tests)."""
+    from unsamflow.trainer.augment import KeyObjectCache
+    from unsamflow.trainer.config import config_to_dict, stage_at
+    from unsamflow.trainer.data import build_loader, set_epoch
+    from unsamflow.trainer.model import PWCLite
+
+    cfg, dist, device, ck = p.cfg, p.dist, p.device, p.checkpoint
+    seed_everything(cfg.seed, dist.rank)
+    model = PWCLite(**model_args(cfg)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimizer(cfg, model)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     generator = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + dist.rank)
-    uses_cache = any(s.key_aug for s in cfg.stages)
     ko = cfg.augment.key_objects
     slot = (min(200, cfg.data.crop[0]), min(300, cfg.data.crop[1]))  # an object never exceeds the crop
-    cache = KeyObjectCache(capacity=ko.cache_size, slot_size=slot).to(device) if uses_cache else None
+    cache = (KeyObjectCache(capacity=ko.cache_size, slot_size=slot).to(device)
+             if any(s.key_aug for s in cfg.stages) else None)  # fmt: skip
 
     start, epoch, position = 0, 0, 0
     if ck is not None:
@@ -238,8 +245,13 @@ def train(p: Prepared) -> dict[str, Any]:
         return loader
 
     timer = PhaseTimer(device)
-    objective = Objective(cfg, generator, cache, timer)
     stream = BatchStream(make_loader, device, epoch, position)
+    trainer = Trainer(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                      objective=Objective(cfg, generator, cache, timer), data=stream,
+                      stage_at=lambda it: stage_at(cfg, it), max_iter=cfg.optim.iterations,
+                      clip=cfg.optim.clip, timer=timer, start_iteration=start)  # fmt: skip
+    if not with_hooks:
+        return trainer
 
     def state_fn(tr: Trainer) -> dict[str, Any]:
         ranks = all_gather_objects({"rng": capture_rng({"augment": generator}),
@@ -254,28 +266,44 @@ def train(p: Prepared) -> dict[str, Any]:
         }
 
     lg = cfg.logging
-    logger = RunLogger(p.run_dir, o.iterations, start, enabled=dist.is_main, tensorboard=lg.tensorboard)
-    ckpt_hook = CheckpointHook(p.run_dir / CHECKPOINTS, lg.checkpoint_every, state_fn)
-    hooks = [LoggingHook(logger, lg.every, lg.image_every)]
-    eval_hook = EvalHook(logger, lg.eval_every, p.evaluate) if p.evaluate is not None else None
-    hooks += [eval_hook] if eval_hook is not None else []
-    hooks.append(ckpt_hook)
-    trainer = Trainer(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                      objective=objective, data=stream, stage_at=lambda it: stage_at(cfg, it),
-                      max_iter=o.iterations, clip=o.clip, timer=timer, hooks=hooks,
-                      start_iteration=start)  # fmt: skip
+    trainer.logger = RunLogger(p.run_dir, cfg.optim.iterations, start, enabled=dist.is_main,
+                               tensorboard=lg.tensorboard)  # fmt: skip
+    trainer.hooks = [LoggingHook(trainer.logger, lg.every, lg.image_every)]
+    if p.evaluate is not None:
+        trainer.hooks.append(EvalHook(trainer.logger, lg.eval_every, p.evaluate))
+    trainer.hooks.append(CheckpointHook(p.run_dir / CHECKPOINTS, lg.checkpoint_every, state_fn))
+    return trainer
+
+
+def train(p: Prepared) -> dict[str, Any]:
+    """Run (or continue) training; returns a summary. Writes config.yaml, checkpoints/, tensorboard/,
+    metrics.jsonl under the run folder (rank 0 only)."""
+    import yaml
+    from unsamflow.pipeline.atomic import write_bytes_atomic
+    from unsamflow.trainer.config import config_to_dict
+
+    if p.dist.is_main:
+        p.run_dir.mkdir(parents=True, exist_ok=True)
+        if p.checkpoint is None:
+            text = yaml.safe_dump(config_to_dict(p.cfg), sort_keys=False)
+            write_bytes_atomic(p.run_dir / CONFIG_FILE, text.encode())
+    distributed.barrier()
+    trainer = build_trainer(p)
+    start = trainer.iteration
     t0 = time.perf_counter()
     try:
         trainer.train()
     finally:
-        logger.close()
-    seconds = time.perf_counter() - t0
-    last = ckpt_hook.written[-1] if ckpt_hook.written else p.run_dir / CHECKPOINTS / LATEST
+        trainer.logger.close()
+    hook = {type(h).__name__: h for h in trainer.hooks}
+    written = hook["CheckpointHook"].written
     return {
-        "run_dir": str(p.run_dir), "iterations": trainer.iteration, "resumed_from": start if ck else None,
-        "steps_run": trainer.iteration - start, "seconds": seconds, "stage": trainer.stage_index,
-        "losses": hooks[0].last, "eval": eval_hook.results if eval_hook is not None else None,
-        "checkpoint": str(last), "world_size": dist.world_size, "rank": dist.rank,
+        "run_dir": str(p.run_dir), "iterations": trainer.iteration,
+        "resumed_from": start if p.checkpoint is not None else None, "steps_run": trainer.iteration - start,
+        "seconds": time.perf_counter() - t0, "stage": trainer.stage_index, "losses": hook["LoggingHook"].last,
+        "eval": hook["EvalHook"].results if "EvalHook" in hook else None,
+        "checkpoint": str(written[-1] if written else p.run_dir / CHECKPOINTS / LATEST),
+        "world_size": p.dist.world_size, "rank": p.dist.rank,
     }
 
 

@@ -1,0 +1,242 @@
+"""The training engine: one step's terms per stage, exact resume after SIGKILL, 2-process gloo, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# 64 x 128 frames: crops of the whole frame, occlusion crop 64 x 64, 3 stages over `iterations`
+TINY = [
+    "data.crop=[64,128]", "augment.occlusion_crop=[64,64]", "data.workers=0", "data.check=size",
+    "augment.key_objects.cache_size=2", "augment.key_objects.per_sample=1", "logging.tensorboard=false",
+    "logging.image_every=0", "logging.eval_every=0",
+]  # fmt: skip
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+def overrides(tiny_train_set, *extra: str) -> list[str]:
+    return [f"data.roots.synthetic={tiny_train_set.root}", f"data.masks.synthetic={tiny_train_set.stores}",
+            *TINY, *extra]  # fmt: skip
+
+
+def tiny_config(tiny_train_set, *extra: str):
+    from unsamflow.trainer.config import load_config
+
+    return load_config("cpu-demo", overrides(tiny_train_set, *extra))
+
+
+def cli(args: list[str]):
+    from unsamflow.trainer.cli import main
+
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def train_cmd(tiny_train_set, out: Path, *extra: str) -> list[str]:
+    return ["train", "--preset", "cpu-demo", *overrides(tiny_train_set, *extra), "--out", str(out)]
+
+
+# --- one step -------------------------------------------------------------------------------------
+
+
+def test_one_step_terms_per_stage_and_key_objects_pasted(tiny_train_set, tmp_path):
+    from unsamflow.trainer.engine.run import build_trainer, prepare
+
+    cfg = tiny_config(tiny_train_set, "optim.iterations=4")
+    trainer = build_trainer(prepare(cfg, tmp_path / "run"), with_hooks=False)
+    batch = trainer.data.next()
+    objective, model = trainer.objective, trainer.model
+    want = [{"photometric"}, {"photometric", "spatial", "occlusion"},
+            {"photometric", "spatial", "occlusion", "homography"}]  # fmt: skip
+    for stage, terms in zip(cfg.stages, want, strict=True):
+        result = objective(model, batch, stage)
+        assert set(result.terms) == terms
+        assert all(torch.isfinite(v) for v in result.terms.values())
+        assert result.pasted is None  # the cache is still empty
+        result.loss.backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+        model.zero_grad()
+    # stage 0 is L1 + SSIM, stage 1 census: the same flows give different photometric losses
+    out = objective.forward(model, batch["img1"], batch["img2"], batch["full_seg1"], batch["full_seg2"])
+    l1_ssim = objective.photometric(batch["img1"], batch["img2"], out, cfg.stages[0])[0]
+    census = objective.photometric(batch["img1"], batch["img2"], out, cfg.stages[1])[0]
+    assert not torch.isclose(l1_ssim, census)
+    # fill the cache (capacity 2, batch 2: the tiny set's frames all hold key objects)
+    while not objective.cache.full:
+        objective.push_key_objects(trainer.data.next(), objective(model, batch, cfg.stages[0]))
+    result = objective(model, batch, cfg.stages[2])
+    assert result.pasted is not None and not torch.equal(result.pasted[0], result.extras["img1a"])
+    # the loop runs steps across stage boundaries (starts at 25 % and 75 % of 4 iterations)
+    trainer.train()
+    assert trainer.iteration == 4 and trainer.stage_index == 2
+    assert {"data", "forward", "backward", "optimizer", "augmentation", "loss_homography"} <= set(
+        trainer.step_times)
+
+
+def test_amp_and_channels_last_refused_on_cpu(tiny_train_set, tmp_path):
+    from unsamflow.pipeline.errors import BadInputError
+    from unsamflow.trainer.engine.run import prepare
+
+    for opt, msg in (("amp=bf16", "amp: bf16 needs a CUDA device"), ("channels_last=true", "channels_last")):
+        with pytest.raises(BadInputError, match=msg):
+            prepare(tiny_config(tiny_train_set, opt), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# --- exact resume after SIGKILL -------------------------------------------------------------------
+
+
+def test_sigkill_and_resume_equals_uninterrupted_run(tiny_train_set, tmp_path):
+    """A run killed (SIGKILL) after its checkpoint of iteration 2 and resumed ends with the same weights,
+    optimiser and key-object cache as a run that never stopped (stage 2 pastes objects by then)."""
+    extra = ("optim.iterations=6", "logging.checkpoint_every=2", "logging.every=1", "data.workers=1",
+             "data.val_dataset=synthetic", "logging.eval_every=2", "logging.tensorboard=true",
+             "logging.image_every=3")  # fmt: skip
+    cmd = [sys.executable, "-m", "unsamflow.trainer"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    proc = subprocess.Popen(cmd + train_cmd(tiny_train_set, killed, *extra), env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    target, deadline = killed / "checkpoints" / "ckpt_0000002.pt", time.monotonic() + 120
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), proc.stdout.read().decode()
+    ran = subprocess.run(cmd + train_cmd(tiny_train_set, full, *extra), env=ENV, capture_output=True,
+                         text=True)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    from unsamflow.trainer.engine import load_checkpoint
+    from unsamflow.trainer.engine.run import latest_checkpoint
+
+    # killed mid-run (latest.pt may lag: the kill can land between the file and the link)
+    assert load_checkpoint(latest_checkpoint(killed / "checkpoints"))["iteration"] < 6
+    resumed = subprocess.run(cmd + ["train", "--out", str(killed), "--resume"], env=ENV, capture_output=True,
+                             text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "trained 6 iterations (resumed at" in resumed.stdout
+    a, b = (load_checkpoint(d / "checkpoints" / "ckpt_0000006.pt") for d in (full, killed))
+    for k, v in a["model"].items():
+        torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert a["data"] == b["data"] and a["stage"] == b["stage"] == 2
+    torch.testing.assert_close(b["key_cache"]["objects"], a["key_cache"]["objects"])
+    torch.testing.assert_close(b["rng"]["generators"]["augment"], a["rng"]["generators"]["augment"])
+    # metrics.jsonl: the killed run's lines past its checkpoint were dropped on resume
+    def lines(run: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(x).items() if k != "eval_seconds"}
+                for x in (run / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+
+    assert [m["iteration"] for m in lines(full)] == [2, 4, 6]
+    for a_line, b_line in zip(lines(full), lines(killed), strict=True):
+        assert b_line.pop("dataset") == a_line.pop("dataset")
+        assert b_line == pytest.approx(a_line, rel=1e-5)
+    # the run folder: resolved config, checkpoints, TensorBoard events, one summary line
+    assert (full / "config.yaml").is_file() and "trained 6 iterations in" in ran.stdout
+    assert any((full / "tensorboard").iterdir())
+    assert sorted(p.name for p in (full / "checkpoints").iterdir()) == [
+        "ckpt_0000002.pt", "ckpt_0000004.pt", "ckpt_0000006.pt", "latest.pt"]
+
+
+# --- distributed ----------------------------------------------------------------------------------
+
+
+def _rank_main(rank: int, world: int, init: str, cfg_overrides: list[str], out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from unsamflow.trainer.config import load_config
+    from unsamflow.trainer.engine import distributed
+    from unsamflow.trainer.engine.run import build_trainer, prepare
+
+    p = prepare(load_config("cpu-demo", cfg_overrides), Path(out) / "run", init_method=init)
+    trainer = build_trainer(p, with_hooks=False)
+    trainer.train()
+    metrics = p.evaluate(trainer.model)
+    net = trainer.model.module
+    torch.save({"params": net.state_dict(), "metrics": metrics}, Path(out) / f"rank{rank}.pt")
+    distributed.cleanup()
+
+
+def test_two_gloo_processes_hold_identical_weights_and_evaluate_like_one(tiny_train_set, tmp_path):
+    from unsamflow.trainer.engine import distributed
+    from unsamflow.trainer.evaluation.evaluator import evaluate
+    from unsamflow.trainer.evaluation.predictors import NetworkPredictor
+    from unsamflow.trainer.model import PWCLite
+
+    over = overrides(tiny_train_set, "optim.iterations=3", "optim.batch_size=4", "data.val_dataset=synthetic")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    torch.multiprocessing.spawn(_rank_main, args=(2, init, over, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for k, v in r0["params"].items():
+        assert torch.equal(v, r1["params"][k]), k
+    r0["metrics"].pop("eval_seconds"), r1["metrics"].pop("eval_seconds")
+    assert r0["metrics"] == r1["metrics"]
+    # one process over all pairs gives the same metrics as the two ranks' all-reduced halves
+    from unsamflow.pipeline.flow import open_dataset
+    from unsamflow.trainer.evaluation.segs import open_segs
+
+    model = PWCLite(mask_features=True)
+    model.load_state_dict(r0["params"])
+    dataset = open_dataset("synthetic", tiny_train_set.root, gt_only=True)
+    one = evaluate(NetworkPredictor(model), dataset, "synthetic", segs=open_segs(tiny_train_set.stores))
+    assert distributed.all_reduce_metrics(one.accumulators["model"]) is one.accumulators["model"]  # 1 process
+    for k, v in one.metrics.items():
+        assert r0["metrics"][k] == pytest.approx(v, rel=1e-9), k
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_fail_clearly_and_write_nothing(tiny_train_set, tmp_path):
+    # resume without a run / with a foreign checkpoint
+    res = cli(["train", "--out", str(tmp_path / "none"), "--resume"])
+    assert res.exit_code == 2 and "holds no checkpoint" in res.output
+    assert not (tmp_path / "none").exists()
+    foreign = tmp_path / "foreign" / "checkpoints"
+    foreign.mkdir(parents=True)
+    torch.save({"state_dict": {}}, foreign / "latest.pt")
+    res = cli(["train", "--out", str(tmp_path / "foreign"), "--resume"])
+    assert res.exit_code == 2 and "is not an unsamflow checkpoint" in res.output
+    # a config of another version
+    old = tmp_path / "old.yaml"
+    old.write_text("base: cpu-demo\nconfig_version: 99\n")
+    res = cli(["train", "--preset", str(old), *overrides(tiny_train_set), "--out", str(tmp_path / "old")])
+    assert res.exit_code == 2 and "config_version" in res.output and not (tmp_path / "old").exists()
+    # an empty data set, and stores that miss frames of the data set
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = cli(["train", "--preset", "cpu-demo", *overrides(tiny_train_set), f"data.roots.synthetic={empty}",
+               "--out", str(tmp_path / "e")])  # fmt: skip
+    assert res.exit_code == 2 and str(empty) in res.output and not (tmp_path / "e").exists()
+    from conftest import write_instance_stores
+    from unsamflow.pipeline.manifest import Manifest
+
+    ids = [f.id for f in Manifest.load(tiny_train_set.manifest).frames]
+    partial = write_instance_stores(tiny_train_set.root, tmp_path / "partial", frames=ids[:3])
+    res = cli(["train", "--preset", "cpu-demo", *overrides(tiny_train_set), f"data.masks.synthetic={partial}",
+               "--out", str(tmp_path / "p")])  # fmt: skip
+    assert res.exit_code == 2 and ids[3] in res.output and not (tmp_path / "p").exists()
+    # a folder that already holds a run is not overwritten without --resume
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "config.yaml").write_text("x: 1\n")
+    res = cli(train_cmd(tiny_train_set, held, "optim.iterations=4"))
+    assert res.exit_code == 2 and "already holds a run" in res.output and "--resume" in res.output
+    assert (held / "config.yaml").read_text() == "x: 1\n"
+
+
+def test_metrics_jsonl_truncated_on_resume(tmp_path):
+    from unsamflow.trainer.engine.logging import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"iteration": i, "epe": 1.0}) + "\n" for i in (2, 4, 6)))
+    truncate_metrics(path, 4)
+    assert [json.loads(x)["iteration"] for x in path.read_text().splitlines()] == [2, 4]
