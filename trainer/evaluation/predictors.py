@@ -63,6 +63,7 @@ class NetworkPredictor:
     """
 
     name = "model"
+    source: str | None = None  # the checkpoint it came from, when loaded from one
 
     def __init__(
         self,
