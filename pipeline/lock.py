@@ -61,6 +61,7 @@ def describe_holder(holder: dict) -> str:
 def output_lock(directory: str | Path, command: str) -> Iterator[Path]:
     """Hold the write lock of `directory` (created if needed) for the block; BadInputError when taken."""
     directory = Path(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     host = socket.gethostname()
@@ -101,6 +102,11 @@ def output_lock(directory: str | Path, command: str) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # the file stays (unlinking it would race with a waiting locker)
+        if created and [p.name for p in directory.iterdir()] == [LOCK_NAME]:
+            # A command refused before it wrote anything leaves no output directory behind.
+            with contextlib.suppress(OSError):
+                path.unlink()
+                directory.rmdir()
         os.close(fd)
 
 

@@ -227,7 +227,11 @@ class SamSegmenter:
     _BYTES_PER_CANDIDATE_PIXEL = 8
 
     def peak_bytes(self, shape: tuple[int, int]) -> int:
-        """About the most memory the generator takes for a frame of `shape` (its full-resolution batch)."""
+        """About the most host memory the generator takes for a frame of `shape` (its full-resolution
+        batch). On a GPU the batch lives in device memory: CUDA's own out-of-memory error bounds it,
+        and the segment stage records such a frame as bad."""
+        if self.device.type != "cpu":
+            return 0
         candidates = self.options["points_per_batch"] * 3
         return self._BYTES_PER_CANDIDATE_PIXEL * candidates * int(shape[0]) * int(shape[1])
 
