@@ -397,3 +397,27 @@ def test_killed_derive_leaves_no_temp_and_full_disk_leaves_no_temp(tmp_path):
     assert "index.json" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert sorted(p.name for p in stores.iterdir()) == [".unsamflow.lock", "shard-00000-of-00001.h5"]
     assert sys.platform.startswith("linux")
+
+
+def test_sam_frame_over_the_budget_is_refused_before_the_generator_runs(tmp_path):
+    """SAM's full-resolution batch (points_per_batch x 3 float32 logits of H x W) is what an 8000x8000
+    frame dies of; its estimate is checked before the call. Its run-length output equals its masks."""
+    from unsamflow.pipeline.errors import BadFrameError
+    from unsamflow.pipeline.masks import CropMasks
+    from unsamflow.pipeline.segment import segment_frame
+    from unsamflow.pipeline.segmenters import build_segmenter
+    from unsamflow.pipeline.segmenters.sam import write_tiny_sam_checkpoint
+
+    options = {"checkpoint": str(write_tiny_sam_checkpoint(tmp_path / "t.pth")), "model_type": "vit_tiny",
+               "device": "cpu", "points_per_side": 2, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    spec = SegmenterSpec("sam", options)
+    seg = build_segmenter(spec)
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    need = seg.peak_bytes((48, 64))
+    assert need == 8 * 64 * 3 * 48 * 64
+    with pytest.raises(BadFrameError, match="needs about .* over the per-frame budget"):
+        segment_frame(seg, image, "s/f.png", need - 1, spec, check=False)
+    records, masks = segment_frame(seg, image, "s/f.png", need + (1 << 20), spec, check=False)
+    full = seg(image)
+    assert len(full) == len(masks) > 0 and "segmentation" not in records[0]
+    assert np.array_equal(CropMasks.from_records(full, (48, 64)).to_stack(), masks.to_stack())
