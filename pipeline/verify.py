@@ -1,7 +1,9 @@
 """Integrity and completeness of a store directory against the manifest it was made from.
 
 Every problem becomes one line naming the shard and/or frame; nothing raises for a bad store, so one
-run lists everything that is wrong.
+run lists everything that is wrong. Bad pairs of the manifest (a recorded bad frame, or frames of
+different sizes) are reported too: `bad_pairs` holds them all, and the lines name the size mismatches
+(a pair with a bad frame is already named by that frame's line).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from unsamflow.pipeline.images import file_sha256
 from unsamflow.pipeline.manifest import Manifest
 from unsamflow.pipeline.store import FrameMasks, MaskStore
 from unsamflow.pipeline.store.codec import tight_box
-from unsamflow.pipeline.store.index import check_same_producer, store_files
+from unsamflow.pipeline.store.index import check_same_producer, find_bad_pairs, store_files
 
 
 @dataclass
@@ -25,12 +27,14 @@ class VerifyReport:
     lines: list[str] = field(default_factory=list)  # one per problem; bad frames first
     counts: dict[str, int] = field(default_factory=dict)
     bad_frames: dict[str, str] = field(default_factory=dict)
-    only_bad_frames: bool = False  # every problem is a recorded bad frame (a run may choose to skip them)
+    bad_pairs: dict[tuple[str, str], str] = field(default_factory=dict)  # (frame1, frame2) -> reason
+    only_bad_frames: bool = False  # every problem is a recorded bad frame or bad pair (a run may skip them)
 
     def summary(self) -> str:
         c = self.counts
         head = (f"{'ok' if self.ok else 'NOT OK'}: {c.get('shards', 0)} shards, {c.get('frames', 0)} frames, "
-                f"{c.get('masks', 0)} masks, {c.get('bad', 0)} bad frames, {c.get('problems', 0)} problems")
+                f"{c.get('masks', 0)} masks, {c.get('bad', 0)} bad frames, {len(self.bad_pairs)} bad pairs, "
+                f"{c.get('problems', 0)} problems")
         return "\n".join([head, *self.lines])
 
 
@@ -78,6 +82,7 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
     bad: dict[str, str] = {}
     seen: dict[str, list[str]] = {}  # frame id -> stores holding it (as a row or as a bad frame)
     rows: dict[str, str] = {}  # frame id -> sha256 stored, for good rows
+    shapes: dict[str, tuple[int, int]] = {}  # frame id -> (H, W) stored, for good rows
     counts = {"shards": 0, "frames": 0, "masks": 0, "bad": 0}
     try:
         files = store_files(store_dir)
@@ -115,6 +120,7 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
                 bar.update(1)
                 continue
             rows[fid] = fm.sha256
+            shapes[fid] = fm.image_shape
             counts["frames"] += 1
             counts["masks"] += len(fm.area)
             problems.extend(f"shard {path.name}, {p}" for p in check_frame(fm))
@@ -139,13 +145,17 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
     if check_hashes:
         problems.extend(_check_hashes(manifest, {f: s for f, s in rows.items() if f in wanted}, progress))
 
+    bad_pairs = find_bad_pairs(manifest.pairs, shapes, bad)
     bad_lines = [f"bad frame {fid!r}: {reason}" for fid, reason in sorted(bad.items())]
+    bad_lines += [f"bad pair {a!r} -> {b!r}: {reason}" for (a, b), reason in bad_pairs.items()
+                  if a not in bad and b not in bad]
     counts["problems"] = len(problems) + len(bad_lines)
     return VerifyReport(
         ok=not problems and not bad_lines,
         lines=bad_lines + problems,
         counts=counts,
         bad_frames=bad,
+        bad_pairs=bad_pairs,
         only_bad_frames=bool(bad_lines) and not problems,
     )
 

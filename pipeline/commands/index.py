@@ -10,10 +10,16 @@ import click
 @click.command("index")
 @click.option("--stores", "store_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory of mask stores (*.h5); index.json is written there.")
-def index(store_dir: Path) -> None:
+@click.option("--manifest", "manifest_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The manifest the stores were made from: the index then lists its bad pairs "
+                   "(a bad frame, or frames of different sizes), which training leaves out.")
+def index(store_dir: Path, manifest_file: Path | None) -> None:
     """Index every store; refuses mixed segmenters/derive configs and duplicate frames."""
+    from unsamflow.pipeline.manifest import Manifest
     from unsamflow.pipeline.store.index import INDEX_NAME, build_index
 
-    idx = build_index(store_dir)
-    click.echo(f"index: {len(idx)} frames ({len(idx.bad_frames)} bad) in {len(idx.shards)} stores "
+    manifest = Manifest.load(manifest_file) if manifest_file else None
+    idx = build_index(store_dir, manifest=manifest)
+    pairs = f", {len(idx.bad_pairs)} bad pairs" if manifest else ""
+    click.echo(f"index: {len(idx)} frames ({len(idx.bad_frames)} bad{pairs}) in {len(idx.shards)} stores "
                f"-> {store_dir / INDEX_NAME}")

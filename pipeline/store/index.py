@@ -3,6 +3,9 @@
 Saved as `index.json` next to the stores. JSON is enough (measured: a 100k-frame index is 5.9 MB
 and loads in 0.12 s), and people can read it. Each shard's size and mtime are recorded
 so that a stale index (a store rewritten by `derive`, or replaced) is refused rather than trusted.
+
+Built with the manifest (`pipeline index --manifest`), it also lists the manifest's bad pairs (a frame
+recorded as bad, or two frames of different sizes), so that training can leave them out up front.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from unsamflow.pipeline.atomic import write_bytes_atomic
 from unsamflow.pipeline.errors import StoreError
+from unsamflow.pipeline.manifest import Manifest, Pair
 from unsamflow.pipeline.store.reader import MaskStore
 from unsamflow.pipeline.store.schema import FrameMasks
 
@@ -48,6 +52,22 @@ def check_same_producer(ref_name: str, ref: MaskStore, name: str, other: MaskSto
     return None
 
 
+def find_bad_pairs(pairs: list[Pair], shapes: dict[str, tuple[int, int]],
+                   bad_frames: dict[str, str]) -> dict[tuple[str, str], str]:
+    """(frame1, frame2) -> why the pair cannot be used: one of its frames is a recorded bad frame, or
+    the two frames (as stored: `shapes` holds (H, W) per frame id) differ in size. Pairs with a frame
+    in neither `shapes` nor `bad_frames` are not judged here (that is a missing frame, not a bad pair)."""
+    out: dict[tuple[str, str], str] = {}
+    for p in pairs:
+        bad = [f for f in (p.frame1, p.frame2) if f in bad_frames]
+        if bad:
+            out[p.frame1, p.frame2] = f"frame {bad[0]!r} is bad: {bad_frames[bad[0]]}"
+        elif p.frame1 in shapes and p.frame2 in shapes and shapes[p.frame1] != shapes[p.frame2]:
+            (h1, w1), (h2, w2) = shapes[p.frame1], shapes[p.frame2]
+            out[p.frame1, p.frame2] = f"frame sizes differ ({w1}x{h1} vs {w2}x{h2})"
+    return out
+
+
 def _stamp(path: Path) -> dict:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -61,6 +81,7 @@ class Index:
     shards: list[dict]  # {"file", "size", "mtime_ns", "frames", "bad"}
     frames: dict[str, tuple[int, int]]  # frame id -> (shard number, row)
     bad_frames: dict[str, str] = field(default_factory=dict)
+    bad_pairs: dict[tuple[str, str], str] = field(default_factory=dict)  # only when built with a manifest
     segmenter: dict = field(default_factory=dict)
     derive_config: dict = field(default_factory=dict)
     _stores: dict[int, MaskStore] = field(default_factory=dict, repr=False)
@@ -115,6 +136,7 @@ class Index:
             "shards": self.shards,
             "frames": {fid: list(loc) for fid, loc in self.frames.items()},
             "bad_frames": self.bad_frames,
+            "bad_pairs": [{"frame1": a, "frame2": b, "reason": r} for (a, b), r in self.bad_pairs.items()],
         }
 
     def save(self) -> Path:
@@ -148,16 +170,18 @@ class Index:
             shards=data["shards"],
             frames={fid: (int(s), int(r)) for fid, (s, r) in data["frames"].items()},
             bad_frames=data.get("bad_frames", {}),
+            bad_pairs={(p["frame1"], p["frame2"]): p["reason"] for p in data.get("bad_pairs", [])},
             segmenter=data.get("segmenter", {}),
             derive_config=data.get("derive_config", {}),
         )
 
 
-def build_index(store_dir: str | Path, save: bool = True) -> Index:
+def build_index(store_dir: str | Path, save: bool = True, manifest: Manifest | None = None) -> Index:
     """Index every store in `store_dir` (and write `index.json` unless save=False).
 
     Refuses stores made by different segmenters / segmenter configs or derive configs, and frame ids
-    present in two stores, naming both files.
+    present in two stores, naming both files. With the `manifest`, the index also lists its bad pairs
+    (see `find_bad_pairs`).
     """
     store_dir = Path(store_dir)
     files = store_files(store_dir)
@@ -167,6 +191,7 @@ def build_index(store_dir: str | Path, save: bool = True) -> Index:
     frames: dict[str, tuple[int, int]] = {}
     bad: dict[str, str] = {}
     where: dict[str, str] = {}  # frame id -> store name, for duplicate messages
+    shapes: dict[str, tuple[int, int]] = {}
     ref: MaskStore | None = None
     for i, path in enumerate(files):
         with MaskStore(path) as store:
@@ -183,10 +208,13 @@ def build_index(store_dir: str | Path, save: bool = True) -> Index:
                     raise StoreError(f"frame {fid!r} is in two stores: {where[fid]} and {path.name}")
                 where[fid] = path.name
             frames.update({fid: (i, row) for row, fid in enumerate(ids)})
+            if manifest is not None:
+                shapes.update({fid: store.image_shape(row) for row, fid in enumerate(ids)})
             bad.update(store_bad)
             shards.append({"file": path.name, **_stamp(path), "frames": len(ids), "bad": len(store_bad)})
     assert ref is not None
-    index = Index(store_dir, shards, frames, bad, ref.segmenter, ref.derive_config)
+    bad_pairs = find_bad_pairs(manifest.pairs, shapes, bad) if manifest is not None else {}
+    index = Index(store_dir, shards, frames, bad, bad_pairs, ref.segmenter, ref.derive_config)
     ref.close()
     if save:
         index.save()

@@ -1,0 +1,94 @@
+"""Dataset mixes by name, in ptlflow's grammar: `sintel-clean+sintel-final`, `kitti-2015-multiview*2+...`.
+
+Each `+`-separated component is `name[*N]`: `name` is a key of pipeline.flow.datasets.DATASETS or one
+of the short ALIASES (`sintel-clean` = `sintel-clean-training`), and `N` (default 1) repeats its pairs
+N times in an epoch, to balance a small set against a large one.
+
+A component's dataset root and mask-store directory come from two plain mappings (the `roots:` and
+`masks:` sections of a config). The most specific key wins: the component as written (`sintel-clean`),
+then its full name (`sintel-clean-training`), then its layout (`sintel`, `kitti2015`, `synthetic`):
+
+    roots: {sintel: /data/Sintel, kitti2015: /data/KITTI2015}
+    masks: {sintel-clean: /masks/sintel-clean, sintel-final: /masks/sintel-final, kitti2015: /masks/kitti}
+
+One store directory may hold several components (frame ids differ: `training/clean/...`,
+`training/final/...`), so `masks: {sintel: /masks/sintel}` serves both passes when the pipeline ran
+over a manifest holding both.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.flow.datasets import DATASETS
+
+ALIASES: dict[str, str] = {
+    "sintel-clean": "sintel-clean-training",
+    "sintel-final": "sintel-final-training",
+    "kitti-2015": "kitti-2015-training",
+    "kitti-2012": "kitti-2012-training",
+    "middlebury": "middlebury-other",
+}
+
+_COMPONENT = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]*)(?:\*(?P<repeat>\d+))?$")
+
+
+@dataclass(frozen=True)
+class MixPart:
+    """One component of a mix: `written` as in the spec, `name` its DATASETS key, `repeat` N."""
+
+    written: str
+    name: str
+    repeat: int = 1
+
+    @property
+    def layout(self) -> str:
+        return DATASETS[self.name][0]
+
+    @property
+    def keys(self) -> list[str]:
+        """Mapping keys that name this component, most specific first."""
+        return list(dict.fromkeys([self.written, self.name, self.layout]))
+
+
+def parse_mix(spec: str) -> list[MixPart]:
+    """`a*2+b` -> [MixPart(a, repeat=2), MixPart(b)]; unknown names and bad repeats fail naming them."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise BadInputError(f"dataset mix must be a non-empty string like 'sintel-clean+sintel-final', "
+                            f"got {spec!r}")
+    parts = []
+    for comp in spec.split("+"):
+        comp = comp.strip()
+        m = _COMPONENT.match(comp)
+        if not m:
+            raise BadInputError(f"dataset mix {spec!r}: component {comp!r} is not NAME or NAME*N")
+        written = m["name"]
+        name = ALIASES.get(written, written)
+        if name not in DATASETS:
+            known = ", ".join([*DATASETS, *ALIASES])
+            raise BadInputError(f"dataset mix {spec!r}: unknown dataset {written!r}; known: {known}")
+        repeat = int(m["repeat"] or 1)
+        if repeat < 1:
+            raise BadInputError(f"dataset mix {spec!r}: repeat count of {written!r} must be >= 1, "
+                                f"got {repeat}")
+        parts.append(MixPart(written, name, repeat))
+    return parts
+
+
+def lookup(mapping: Mapping[str, str | Path] | None, part: MixPart, what: str) -> Path | None:
+    """The path `mapping` gives for `part` (most specific key first); None when mapping is None or its
+    entry is None (`masks: {folder: null}`: that component has no stores).
+
+    what: "roots" or "masks", for the message when no key matches.
+    """
+    if mapping is None:
+        return None
+    for key in part.keys:
+        if key in mapping:
+            return None if mapping[key] is None else Path(mapping[key])
+    raise BadInputError(f"no {what} entry for dataset {part.written!r}: give one of the keys "
+                        f"{part.keys} in {what} (have: {sorted(mapping) or 'none'})")
