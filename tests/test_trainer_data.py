@@ -352,8 +352,11 @@ def epoch_batches(loader, epoch: int, skip: int = 0) -> list[dict]:
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
 def test_loader_reads_every_sample_once_per_epoch(tiny_train_set, start_method):
     ds = tiny(tiny_train_set.root, tiny_train_set.stores, "synthetic*2", transform=ALL_ON, max_key_objects=4)
+    assert all(not c.index._stores for c in ds.components)  # no store handle open in the parent
     loader = build_loader(ds, batch_size=3, seed=11, num_workers=2, start_method=start_method)
     assert not loader.pin_memory or torch.cuda.is_available()
+    set_epoch(loader, 0)
+    assert sorted(k.index for k in loader.sampler) == list(range(len(ds)))  # each sample once ...
     epochs = [epoch_batches(loader, e) for e in (0, 1)]
     for batches in epochs:
         assert len(batches) == 4
@@ -362,7 +365,7 @@ def test_loader_reads_every_sample_once_per_epoch(tiny_train_set, start_method):
         assert b["key_masks"].shape == (3, 4, *CROP) and b["key_count"].shape == (3,)
         assert isinstance(b["frame1"], list) and "flow" in b
         got = Counter(frozenset(p) for b in batches for p in zip(b["frame1"], b["frame2"], strict=True))
-        assert got == Counter({frozenset(p): 2 for p in pair_ids(tiny_train_set.root)})  # each sample once
+        assert got == Counter({frozenset(p): 2 for p in pair_ids(tiny_train_set.root)})  # ... and read once
     order = [[tuple(b["frame1"]) for b in batches] for batches in epochs]
     assert order[0] != order[1]
     inline = build_loader(ds, batch_size=3, seed=11, num_workers=0)  # same keys -> same batches, any workers
@@ -372,3 +375,20 @@ def test_loader_reads_every_sample_once_per_epoch(tiny_train_set, start_method):
     resumed = epoch_batches(inline, 1, skip=2)  # resume after batch 2 of epoch 1
     assert [b["frame1"] for b in resumed] == [b["frame1"] for b in epochs[1][2:]]
     assert torch.equal(resumed[0]["img2"], epochs[1][2]["img2"])
+
+
+def test_distributed_sampler_when_a_process_group_exists(tiny_train_set, tmp_path):
+    import torch.distributed as dist
+
+    ds = tiny(tiny_train_set.root, tiny_train_set.stores, transform=ALL_ON)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        loader = build_loader(ds, batch_size=2, seed=3, num_workers=0)
+        assert isinstance(loader.sampler.inner, torch.utils.data.DistributedSampler)
+        set_epoch(loader, 4)
+        keys = list(loader.sampler)
+        assert [k.index for k in keys] == list(loader.sampler.inner)
+        assert sorted(k.index for k in keys) == list(range(6))
+        assert {(k.epoch, k.seed, k.rank) for k in keys} == {(4, 3, 0)}
+    finally:
+        dist.destroy_process_group()
