@@ -43,6 +43,9 @@ class CheckpointHook(HookBase):
         self.last_saved: int | None = None
         self.written: list[Path] = []
 
+    def before_train(self, trainer: Trainer) -> None:
+        self.last_saved = trainer.iteration if trainer.iteration else None  # resumed: that file exists
+
     def save(self, trainer: Trainer) -> None:
         state = self.state_fn(trainer)  # collective: every rank contributes its RNG state
         if current().is_main:
@@ -102,6 +105,10 @@ class EvalHook(HookBase):
         self.logger, self.every, self.evaluate_fn = logger, every, evaluate_fn
         self.last_done: int | None = None
         self.results: dict[str, Any] = {}
+
+    def before_train(self, trainer: Trainer) -> None:
+        # resumed at a checkpoint: its evaluation (if one was due) ran before it was written
+        self.last_done = trainer.iteration if trainer.iteration else None
 
     def run(self, trainer: Trainer) -> None:
         self.results = self.evaluate_fn(trainer.model)

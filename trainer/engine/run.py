@@ -192,8 +192,11 @@ def build_optimizer(cfg: Any, model: torch.nn.Module) -> tuple[torch.optim.Optim
     optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas),
                                  weight_decay=o.weight_decay)  # fmt: skip
     if o.schedule == "onecycle":
+        pct = o.warmup
+        if abs(pct * o.iterations - 1) < 1e-9:  # a warm-up of exactly one step divides by 0 in OneCycleLR
+            pct *= 1 - 1e-6
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=o.lr, total_steps=o.iterations, pct_start=o.warmup, anneal_strategy=o.anneal,
+            optimizer, max_lr=o.lr, total_steps=o.iterations, pct_start=pct, anneal_strategy=o.anneal,
             div_factor=o.div_factor, final_div_factor=o.final_div_factor, cycle_momentum=False)
     else:
         scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
