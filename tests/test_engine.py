@@ -240,3 +240,25 @@ def test_metrics_jsonl_truncated_on_resume(tmp_path):
     path.write_text("".join(json.dumps({"iteration": i, "epe": 1.0}) + "\n" for i in (2, 4, 6)))
     truncate_metrics(path, 4)
     assert [json.loads(x)["iteration"] for x in path.read_text().splitlines()] == [2, 4]
+
+
+def test_checkpoint_files_refuse_foreign_and_other_versions(tmp_path):
+    from unsamflow.pipeline.errors import BadInputError
+    from unsamflow.trainer.engine import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from unsamflow.trainer.model import PWCLite
+
+    net = PWCLite(num_levels=2)
+    path = save_checkpoint(tmp_path / "c.pt", {"config": {"seed": 3}, "model_args": {"num_levels": 2},
+                                               "model": net.state_dict()})  # fmt: skip
+    assert not list(tmp_path.glob(".*"))  # no temporary left behind
+    model, cfg = model_from_checkpoint(path)
+    assert cfg == {"seed": 3} and not model.training
+    for k, v in net.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "format_version": 2}, tmp_path / "v2.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    bad = {"v2.pt": "format version 2", "junk.pt": "cannot be read", "none.pt": "does not exist"}
+    for name, msg in bad.items():
+        with pytest.raises(BadInputError, match=msg):
+            load_checkpoint(tmp_path / name)

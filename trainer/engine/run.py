@@ -287,6 +287,8 @@ def train(p: Prepared) -> dict[str, Any]:
 
     if p.dist.is_main:
         p.run_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in (p.run_dir / CHECKPOINTS).glob(".*.pt.tmp-*"):  # left by a killed run's save
+            tmp.unlink(missing_ok=True)
         if p.checkpoint is None:
             text = yaml.safe_dump(config_to_dict(p.cfg), sort_keys=False)
             write_bytes_atomic(p.run_dir / CONFIG_FILE, text.encode())
