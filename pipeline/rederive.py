@@ -7,9 +7,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from unsamflow.pipeline.atomic import replace_atomic, temp_path
+from unsamflow.pipeline.atomic import temp_path
 from unsamflow.pipeline.canonical import canonical_json
 from unsamflow.pipeline.derive import DeriveConfig, derive
+from unsamflow.pipeline.store.integrity import commit_store
 from unsamflow.pipeline.store.reader import MaskStore
 from unsamflow.pipeline.store.schema import _DERIVED_FIELDS
 from unsamflow.pipeline.store.writer import Appender, add_derived, check_derived
@@ -17,7 +18,7 @@ from unsamflow.pipeline.store.writer import Appender, add_derived, check_derived
 
 def rewrite_derived(path: str | Path, cfg: DeriveConfig) -> Path:
     """Recompute full_seg and key objects of every frame from the stored masks with `cfg`
-    and replace the store atomically; masks are copied as they are."""
+    and replace the store atomically (with a new checksum sidecar); masks are copied as they are."""
     path = Path(path)
     src = MaskStore(path)
     tmp = temp_path(path)
@@ -38,7 +39,7 @@ def rewrite_derived(path: str | Path, cfg: DeriveConfig) -> Path:
                 add_derived(app, *checked)
             app.flush()
         src.close()
-        replace_atomic(tmp, path)
+        commit_store(tmp, path)
     except BaseException:
         src.close()
         tmp.unlink(missing_ok=True)

@@ -3,7 +3,9 @@
 The unit of work is a shard. A task reads its frames, segments them with the worker's cached
 segmenter, derives full_seg and key objects, and writes the store under a temporary name that
 is renamed only when the shard is complete: a killed worker leaves nothing visible, Dask
-reruns the task elsewhere, and a later run skips every complete shard.
+reruns the task elsewhere, and a later run skips every complete shard. Complete means: the store's
+bytes match the checksum recorded at its commit and it was made from this very shard (manifest
+sha256, root, frame ids); any other existing store is refused, named, or made again with --repair.
 """
 
 from __future__ import annotations
@@ -296,6 +298,7 @@ class SegmentResult:
     skipped: int = 0
     written: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # shard -> error
+    repaired: dict[str, str] = field(default_factory=dict)  # store made again (--repair) -> what was wrong
     frames: int = 0
     masks: int = 0
     bad: dict[str, str] = field(default_factory=dict)  # frame id -> reason
@@ -314,6 +317,8 @@ class SegmentResult:
             f"time: {self.wall_s:.1f} s wall, {rate:.2f} frames/s; summed over workers: segmenter "
             f"{self.segmenter_s:.1f} s of {self.task_s:.1f} s in tasks (+{self.build_s:.1f} s building it)",
         ]
+        for shard, why in sorted(self.repaired.items()):
+            lines.append(f"  repair {shard}: {why}")
         for frame, reason in sorted(self.bad.items()):
             lines.append(f"  bad frame {frame}: {reason}")
         for shard, err in sorted(self.failed.items()):
@@ -325,19 +330,27 @@ def store_path_for(shard_file: Path, store_dir: Path) -> Path:
     return store_dir / (shard_file.name.removesuffix(".json") + ".h5")
 
 
-def check_existing(store: Path, spec: SegmenterSpec, derive_config: dict) -> bool:
-    """True when `store` is complete and made the same way; raises when made another way."""
+def existing_problem(store: Path, shard: Manifest, spec: SegmenterSpec, derive_config: dict,
+                     full: bool = False) -> str | None:
+    """None when `store` is complete: its bytes match its checksum sidecar (checked before HDF5 opens
+    it), it was made from this `shard` (manifest sha256, root, frame ids) and, when `full`, every
+    frame decodes and checks out as in `verify`. Otherwise one line saying why (corrupt, unverifiable,
+    stale). Raises StoreError when it was made by another segmenter or derive config: that is
+    never repaired over."""
     from unsamflow.pipeline.store import MaskStore
+    from unsamflow.pipeline.store.index import as_corrupt
+    from unsamflow.pipeline.store.integrity import check_store_file
+    from unsamflow.pipeline.verify import provenance_difference, read_frames
 
-    if not store.exists():
-        return False
     try:
+        check_store_file(store)
         ms = MaskStore(store)
-        made_by = ms.segmenter
-        derived = ms.derive_config
-        ms.close()
+        with ms:
+            made_by, derived, source = ms.segmenter, ms.derive_config, ms.source
+            stored = {*ms.frame_ids, *ms.bad_frames}
+            scan = read_frames(ms) if full else None
     except StoreError as exc:
-        raise StoreError(f"{store} exists but is not a readable mask store ({exc}); remove it") from None
+        return as_corrupt(store, exc)
     want = {"name": spec.name, "options": spec.options}
     if made_by.get("spec") != json_roundtrip(want):
         raise StoreError(
@@ -349,9 +362,14 @@ def check_existing(store: Path, spec: SegmenterSpec, derive_config: dict) -> boo
             f"{store} was derived with {derived}, this run asks for {derive_config}: "
             "run `pipeline derive` to re-derive, or use the stored thresholds"
         )
-    return True
-
-
+    stale = provenance_difference(store.name, source, manifest_sha=shard.meta.get("manifest_sha256"),
+                                  root=shard.root, stored_ids=stored, frame_ids=shard.frame_ids)
+    if stale:
+        return stale
+    if scan is not None and scan.problems:
+        more = f" (and {len(scan.problems) - 1} more)" if len(scan.problems) > 1 else ""
+        return scan.problems[0] + more
+    return None
 
 
 @dataclass
@@ -361,21 +379,34 @@ class Plan:
     todo: list[tuple[Path, Path, int]]  # (shard file, store file, frames)
     skipped: int
     done_frames: int
+    repair: dict[str, str] = field(default_factory=dict)  # store file -> why it is made again
 
 
 def plan_shards(
-    shard_files: list[Path], store_dir: Path, spec: SegmenterSpec, derive_config: dict
+    shard_files: list[Path], store_dir: Path, spec: SegmenterSpec, derive_config: dict, repair: bool = False
 ) -> Plan:
+    """Shards without a store, and (with `repair`) those whose store `verify` would name: corrupt,
+    unverifiable, stale or failing a full read. Without `repair` such a store is refused (StoreError
+    naming every one), never taken as complete nor silently replaced."""
     todo, skipped, done_frames = [], 0, 0
+    problems: dict[str, str] = {}
     for sf in shard_files:
-        n = len(Manifest.load(sf).frames)
+        shard = Manifest.load(sf)
+        n = len(shard.frames)
         store = store_path_for(sf, store_dir)
-        if check_existing(store, spec, derive_config):
+        problem = existing_problem(store, shard, spec, derive_config, full=repair) if store.exists() else ""
+        if problem is None:
             skipped += 1
             done_frames += n
-        else:
-            todo.append((sf, store, n))
-    return Plan(todo, skipped, done_frames)
+            continue
+        if problem:
+            problems[store.name] = problem
+        todo.append((sf, store, n))
+    if problems and not repair:
+        them = "it" if len(problems) == 1 else f"these {len(problems)} shards"
+        raise StoreError(f"{'; '.join(problems.values())}: rerun with --repair to make {them} again "
+                         "(or use another output directory)")
+    return Plan(todo, skipped, done_frames, problems)
 
 
 def segment_shards(
@@ -390,6 +421,7 @@ def segment_shards(
     plan: Plan | None = None,
     worker_timeout: float = 300.0,
     frame_memory: int | None = None,
+    repair: bool = False,
 ) -> SegmentResult:
     """Run every incomplete shard on `client`'s cluster; complete stores are skipped, never rewritten.
 
@@ -399,8 +431,8 @@ def segment_shards(
     from tqdm import tqdm
 
     store_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan or plan_shards(shard_files, store_dir, spec, derive_config)
-    res = SegmentResult(shards=len(shard_files), skipped=plan.skipped)
+    plan = plan or plan_shards(shard_files, store_dir, spec, derive_config, repair)
+    res = SegmentResult(shards=len(shard_files), skipped=plan.skipped, repaired=dict(plan.repair))
     if client is not None:
         res.dashboard = client.dashboard_link
     todo = plan.todo

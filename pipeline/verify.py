@@ -1,13 +1,18 @@
 """Integrity and completeness of a store directory against the manifest it was made from.
 
 Every problem becomes one line naming the shard and/or frame; nothing raises for a bad store, so one
-run lists everything that is wrong. Bad pairs of the manifest (a recorded bad frame, or frames of
-different sizes) are reported too: `bad_pairs` holds them all, and the lines name the size mismatches
-(a pair with a bad frame is already named by that frame's line).
+run lists everything that is wrong. A store is first checked against its checksum sidecar (see
+store.integrity): a corrupt or unverifiable one is named and never opened, so HDF5 never parses
+damaged bytes here. Each store's recorded provenance (manifest sha256, dataset root) must match the
+manifest, and an `index.json` in the directory must agree with the stores row by row. Bad pairs of
+the manifest (a recorded bad frame, or frames of different sizes) are reported too: `bad_pairs`
+holds them all, and the lines name the size mismatches (a pair with a bad frame is already named by
+that frame's line). `bad_shards` names every store with a problem: what `segment --repair` redoes.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +21,20 @@ from tqdm import tqdm
 from unsamflow.pipeline.errors import BadInputError, StoreError
 from unsamflow.pipeline.images import file_sha256
 from unsamflow.pipeline.manifest import Manifest
+from unsamflow.pipeline.shard import manifest_sha256
 from unsamflow.pipeline.store import FrameMasks, MaskStore
 from unsamflow.pipeline.store.codec import tight_box
-from unsamflow.pipeline.store.index import check_same_producer, find_bad_pairs, store_files
+from unsamflow.pipeline.store.index import (
+    INDEX_NAME,
+    Index,
+    as_corrupt,
+    check_same_producer,
+    find_bad_pairs,
+    store_files,
+)
+from unsamflow.pipeline.store.integrity import check_store_file
+
+MAX_INDEX_LINES = 10  # a wrong index.json is usually wrong everywhere: name the first few rows
 
 
 @dataclass
@@ -29,6 +45,7 @@ class VerifyReport:
     bad_frames: dict[str, str] = field(default_factory=dict)
     bad_pairs: dict[tuple[str, str], str] = field(default_factory=dict)  # (frame1, frame2) -> reason
     only_bad_frames: bool = False  # every problem is a recorded bad frame or bad pair (a run may skip them)
+    bad_shards: dict[str, str] = field(default_factory=dict)  # store file -> its first problem (--repair)
 
     def summary(self) -> str:
         c = self.counts
@@ -74,15 +91,75 @@ def check_frame(fm: FrameMasks) -> list[str]:
     return out
 
 
+def provenance_difference(name: str, source: dict, *, manifest_sha: str | None, root: str | None,
+                          stored_ids: set[str] | None = None, frame_ids: list[str] | None = None
+                          ) -> str | None:
+    """"shard X is stale: ..." naming what differs between a store's recorded provenance (`source`
+    attribute: manifest_sha256, root; the ids it holds) and the manifest or shard it should come from;
+    None when nothing recorded differs (a store that records no manifest hash is not judged on it)."""
+    diffs = []
+    got_sha = source.get("manifest_sha256")
+    if manifest_sha and got_sha and got_sha != manifest_sha:
+        diffs.append(f"manifest sha256 {got_sha[:12]}... (this one: {manifest_sha[:12]}...)")
+    got_root = source.get("root")
+    if root and got_root and os.path.normpath(str(got_root)) != os.path.normpath(str(root)):
+        diffs.append(f"dataset root {got_root!r} (this one: {root!r})")
+    if stored_ids is not None and frame_ids is not None and stored_ids != set(frame_ids):
+        extra, missing = sorted(stored_ids - set(frame_ids)), sorted(set(frame_ids) - stored_ids)
+        what = []
+        if extra:
+            what.append(f"{len(extra)} frames not in the shard (e.g. {extra[0]!r})")
+        if missing:
+            what.append(f"{len(missing)} of the shard's frames absent (e.g. {missing[0]!r})")
+        diffs.append("frame ids: " + ", ".join(what))
+    if not diffs:
+        return None
+    return f"shard {name} is stale: it was made from other input: " + "; ".join(diffs)
+
+
+@dataclass
+class FrameScan:
+    """What reading every frame of one store found (see read_frames)."""
+
+    problems: list[str] = field(default_factory=list)
+    sha: dict[str, str] = field(default_factory=dict)  # frame id -> stored source sha256
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    masks: int = 0
+
+
+def read_frames(store: MaskStore, bar=None) -> FrameScan:
+    """Decode and check every frame of an opened store; each problem a line naming shard and frame."""
+    out = FrameScan()
+    name = store.path.name
+    for row, fid in enumerate(store.frame_ids):
+        out.rows[fid] = row
+        try:
+            fm = store.read(row)
+        except Exception as exc:  # any decoding failure of a damaged store, named, never raised
+            out.problems.append(f"shard {name}, frame {fid!r}: cannot decode ({exc})")
+        else:
+            out.sha[fid] = fm.sha256
+            out.shapes[fid] = fm.image_shape
+            out.masks += len(fm.area)
+            out.problems.extend(f"shard {name}, {p}" for p in check_frame(fm))
+        if bar is not None:
+            bar.update(1)
+    return out
+
+
 def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
            progress: bool = True) -> VerifyReport:
     """Check every store in `store_dir` and that together they hold each manifest frame exactly once."""
     store_dir = Path(store_dir)
     problems: list[str] = []
+    bad_shards: dict[str, str] = {}
     bad: dict[str, str] = {}
     seen: dict[str, list[str]] = {}  # frame id -> stores holding it (as a row or as a bad frame)
     rows: dict[str, str] = {}  # frame id -> sha256 stored, for good rows
     shapes: dict[str, tuple[int, int]] = {}  # frame id -> (H, W) stored, for good rows
+    located: dict[str, tuple[str, int]] = {}  # frame id -> (store file, row), for the index check
+    sidecars: dict[str, str] = {}  # store file -> sha256 recorded at commit
     counts = {"shards": 0, "frames": 0, "masks": 0, "bad": 0}
     try:
         files = store_files(store_dir)
@@ -91,46 +168,59 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
         problems.append(str(exc))
     if not files and not problems:
         problems.append(f"no mask stores (*.h5) in {store_dir}")
+    want_sha = manifest_sha256(manifest)
     ref: tuple[str, MaskStore] | None = None
     bar = tqdm(desc="verify masks", unit="frame", disable=not progress)
+
+    def shard_problem(name: str, line: str) -> None:
+        problems.append(line)
+        bad_shards.setdefault(name, line)
+
     for path in files:
         counts["shards"] += 1
+        try:
+            sidecars[path.name] = check_store_file(path)["sha256"]  # before HDF5 parses a byte of it
+        except StoreError as exc:
+            shard_problem(path.name, str(exc))
+            continue
         store = MaskStore(path)
         try:
             ids = store.frame_ids
             store_bad = store.bad_frames
+            source = store.source
             if ref is None:
                 ref = (path.name, store)
             else:
                 diff = check_same_producer(ref[0], ref[1], path.name, store)
                 if diff:
-                    problems.append(diff)
+                    shard_problem(path.name, diff)
         except StoreError as exc:
-            problems.append(f"shard {path.name}: cannot open ({exc})")
+            shard_problem(path.name, f"shard {path.name}: cannot open ({as_corrupt(path, exc)})")
+            store.close()
             continue
+        stale = provenance_difference(path.name, source, manifest_sha=want_sha, root=manifest.root)
+        if stale:
+            shard_problem(path.name, stale)
         for fid, reason in store_bad.items():
             seen.setdefault(fid, []).append(path.name)
             bad[fid] = reason
-        for row, fid in enumerate(ids):
+        for fid in ids:
             seen.setdefault(fid, []).append(path.name)
-            try:
-                fm = store.read(row)
-            except (StoreError, OSError, ValueError, IndexError) as exc:
-                problems.append(f"shard {path.name}, frame {fid!r}: cannot decode ({exc})")
-                bar.update(1)
-                continue
-            rows[fid] = fm.sha256
-            shapes[fid] = fm.image_shape
-            counts["frames"] += 1
-            counts["masks"] += len(fm.area)
-            problems.extend(f"shard {path.name}, {p}" for p in check_frame(fm))
-            bar.update(1)
+        scan = read_frames(store, bar)
+        for line in scan.problems:
+            shard_problem(path.name, line)
+        rows.update(scan.sha)
+        shapes.update(scan.shapes)
+        located.update({fid: (path.name, row) for fid, row in scan.rows.items()})
+        counts["frames"] += len(scan.sha)
+        counts["masks"] += scan.masks
         if ref is None or ref[1] is not store:
             store.close()
     bar.close()
     if ref is not None:
         ref[1].close()
     counts["bad"] = len(bad)
+    problems.extend(index_problems(store_dir, located, bad, sidecars, set(bad_shards)))
 
     wanted = set(manifest.frame_ids)
     for fid in manifest.frame_ids:
@@ -157,7 +247,50 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
         bad_frames=bad,
         bad_pairs=bad_pairs,
         only_bad_frames=bool(bad_lines) and not problems,
+        bad_shards=bad_shards,
     )
+
+
+def index_problems(store_dir: Path, located: dict[str, tuple[str, int]], bad: dict[str, str],
+                   sidecars: dict[str, str], unread: set[str]) -> list[str]:
+    """Where `index.json` (if there is one) disagrees with the stores as read: a frame mapped to another
+    store or row, a frame missing from it, a shard's hash. Shards in `unread` are not judged."""
+    if not (store_dir / INDEX_NAME).exists():
+        return []
+    try:
+        index = Index.load(store_dir)
+    except StoreError as exc:
+        return [str(exc)]
+    where = f"{store_dir / INDEX_NAME}"
+    out = []
+    files = [sh["file"] for sh in index.shards]
+    for name, sha in sidecars.items():
+        entry = next((sh for sh in index.shards if sh["file"] == name), None)
+        if entry is None:
+            out.append(f"{where} does not list shard {name}")
+        elif entry.get("sha256") not in (None, sha):
+            out.append(f"{where}: shard {name} has sha256 {sha[:12]}..., the index recorded "
+                       f"{entry['sha256'][:12]}...")
+    wrong = []
+    for fid, (shard, row) in index.frames.items():
+        name = files[shard]
+        if name in unread:
+            continue
+        actual = located.get(fid)
+        if actual != (name, row):
+            now = f"it is at row {actual[1]} of {actual[0]}" if actual else "no store holds it as a frame"
+            wrong.append(f"{where} maps frame {fid!r} to row {row} of {name}, but {now}")
+    wrong += [f"{where} lacks frame {fid!r} ({name} row {row})" for fid, (name, row) in located.items()
+              if fid not in index.frames]
+    if index.bad_frames != bad and not unread:
+        wrong.append(f"{where}: its bad frames differ from the stores' "
+                     f"({len(index.bad_frames)} vs {len(bad)})")
+    out += wrong[:MAX_INDEX_LINES]
+    if len(wrong) > MAX_INDEX_LINES:
+        out.append(f"{where}: {len(wrong) - MAX_INDEX_LINES} more rows disagree with the stores")
+    if out:
+        out.append(f"{where} does not match the stores: run `pipeline index --stores {store_dir}`")
+    return out
 
 
 def _check_hashes(manifest: Manifest, stored: dict[str, str], progress: bool) -> list[str]:

@@ -399,7 +399,8 @@ def test_killed_derive_leaves_no_temp_and_full_disk_leaves_no_temp(tmp_path):
     proc = pipeline_proc(["index", "--stores", str(stores)], timeout=60, preexec_fn=limit)
     assert proc.returncode == 2, proc.stderr
     assert "index.json" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert sorted(p.name for p in stores.iterdir()) == [".unsamflow.lock", "shard-00000-of-00001.h5"]
+    assert sorted(p.name for p in stores.iterdir()) == [".unsamflow.lock", "shard-00000-of-00001.h5",
+                                                         "shard-00000-of-00001.h5.sha256.json"]
     assert sys.platform.startswith("linux")
 
 

@@ -179,15 +179,15 @@ def test_atomic_commit_keeps_previous_store(tmp_path, real_frames):
                     full_seg=f["full_seg"], key_objects=f["key_objects"])
         raise RuntimeError("boom")
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "s.h5.sha256.json"]  # + its checksum
     with pytest.raises(RuntimeError), StoreWriter(tmp_path / "new.h5", segmenter=SEGMENTER,
                                                   derive_config=DERIVE, source=SOURCE):
         raise RuntimeError("boom")
-    assert not (tmp_path / "new.h5").exists() and len(list(tmp_path.iterdir())) == 1
+    assert not (tmp_path / "new.h5").exists() and len(list(tmp_path.iterdir())) == 2
     w = StoreWriter(tmp_path / "aborted.h5", segmenter=SEGMENTER, derive_config=DERIVE, source=SOURCE)
     w.add_bad("x", "unreadable")
     w.abort()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "s.h5.sha256.json"]
 
 
 def _killed_writer(path: str, frame: dict) -> None:
@@ -206,7 +206,7 @@ def test_killed_writer_leaves_only_an_ignored_temp_file(tmp_path, real_frames):
     proc.join()
     assert proc.exitcode == -signal.SIGKILL
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [f".b.h5.tmp-{proc.pid}", "a.h5"]
+    assert names == [f".b.h5.tmp-{proc.pid}", "a.h5", "a.h5.sha256.json"]
     assert [p.name for p in store_files(tmp_path)] == ["a.h5"]
     assert build_index(tmp_path).frame_ids == [real_frames[0]["frame_id"]]
 
@@ -297,7 +297,7 @@ def test_rewrite_derived(tmp_path, real_frames):
         assert np.array_equal(store.read_key_objects(row), key)
     assert len(store.read_key_objects(1)) > len(real_frames[1]["key_objects"])
     assert np.array_equal(store.read(1).masks, masks_before)
-    assert [p.name for p in tmp_path.iterdir()] == ["s.h5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "s.h5.sha256.json"]
 
 
 def test_index_maps_frames_and_refuses_mixtures(tmp_path, real_frames):

@@ -18,6 +18,7 @@ from unsamflow.pipeline.segmenters import build_segmenter
 from unsamflow.pipeline.segmenters.base import SegmenterSpec
 from unsamflow.pipeline.store import MaskStore, StoreWriter
 from unsamflow.pipeline.store.index import INDEX_NAME, Index
+from unsamflow.pipeline.store.integrity import write_sidecar
 from unsamflow.pipeline.verify import verify
 
 IDS = ["judo/00000.jpg", "judo/00001.jpg", "judo/00002.jpg"]
@@ -134,6 +135,7 @@ def test_verify_wrong_full_seg_area_and_keys(stores, root, segmented):
         f["derived/full_seg"][:10] = 255  # frame 0, 8-bit labels: 255 > its mask count
         f["masks/area"][0] += 1
         f["derived/key_objects"][0] = n + 5
+    write_sidecar(stores / "shard-000.h5")  # as a buggy writer would commit it: the checksum matches
     report = verify(stores, manifest(root), check_hashes=False, progress=False)
     text = "\n".join(report.lines)
     assert f"shard shard-000.h5, frame '{IDS[0]}': full_seg label 255 out of range 0..{n}" in text

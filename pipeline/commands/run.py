@@ -41,13 +41,15 @@ from unsamflow.pipeline.segmenters import check_spec
 @click.option("--shards", "num_shards", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Exit 0 even when some frames were bad.")
 @click.option("--no-hash", is_flag=True, help="verify: do not re-hash the source images.")
+@click.option("--repair", is_flag=True, help="segment: make again every store `verify` would name (corrupt, "
+              "without a checksum file, made from other input); without it such a store is refused.")
 @click.option("--pictures", type=click.IntRange(min=0), default=3, show_default=True,
               help="Pictures of the first N frames.")
 @segmenter_options
 @derive_options
 @cluster_options
 def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash,
-        pictures, spec, derive_config, cluster, retries) -> None:
+        repair, pictures, spec, derive_config, cluster, retries) -> None:
     """manifest -> shard -> segment (+derive) -> index -> verify -> show, in OUT."""
     check_spec(spec)  # a bad segmenter option, model type or checkpoint fails before anything is written
     t0 = time.perf_counter()
@@ -56,12 +58,12 @@ def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_
         for folder in (out, out / "shards", stores, out / "pictures"):
             sweep_temps(folder)
         status = _run(layout, root, layout_opts, manifest_file, allow_partial, out, num_shards, skip_bad,
-                      no_hash, pictures, spec, derive_config, cluster, retries, t0)
+                      no_hash, pictures, spec, derive_config, cluster, retries, t0, repair)
     sys.exit(status)
 
 
 def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash,
-         pictures, spec, derive_config, cluster, retries, t0: float) -> int:
+         pictures, spec, derive_config, cluster, retries, t0: float, repair: bool = False) -> int:
     from unsamflow.pipeline.layouts import check_expected, scan
     from unsamflow.pipeline.shard import write_shards
     from unsamflow.pipeline.store.index import build_index
@@ -89,10 +91,10 @@ def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num
     click.echo(f"[2/6] shard: {len(shard_paths)} shards -> {out / 'shards'}")
 
     click.echo(f"[3/6] segment with {spec.name} (+derive) ...")
-    result = run_segment(out / "shards", stores, spec, derive_config, cluster, retries)
+    result = run_segment(out / "shards", stores, spec, derive_config, cluster, retries, repair=repair)
     click.echo(result.summary())
 
-    index = build_index(stores)
+    index = build_index(stores, manifest=manifest)  # records the manifest's bad pairs for training
     click.echo(f"[4/6] index: {len(index.frame_ids)} frames -> {stores / 'index.json'}")
 
     report = verify(stores, manifest, check_hashes=not no_hash)

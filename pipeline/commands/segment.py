@@ -27,11 +27,15 @@ def shard_files(shards: Path) -> list[Path]:
 
 def run_segment(
     shards: Path, out: Path, spec: SegmenterSpec, derive_config: dict, cluster: ClusterConfig,
-    retries: int, progress: bool = True,
+    retries: int, progress: bool = True, repair: bool = False,
 ) -> SegmentResult:
+    """Segment what `plan_shards` finds to do (with `repair`, also the shards whose stores are damaged,
+    unverifiable or stale: each is named on stderr before it is made again)."""
     files = shard_files(shards)
     check_spec(spec)
-    plan = plan_shards(files, out, spec, derive_config)
+    plan = plan_shards(files, out, spec, derive_config, repair)
+    for name, why in sorted(plan.repair.items()):
+        click.echo(f"repair {name}: {why}", err=True)
     if not plan.todo:  # nothing to do: no cluster to start
         return segment_shards(files, out, spec, derive_config, None, plan=plan, progress=progress)
     with open_cluster(cluster) as client:
@@ -41,7 +45,7 @@ def run_segment(
             click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         result = segment_shards(files, out, spec, derive_config, client, retries=retries, progress=progress,
                                 plan=plan, worker_timeout=cluster.worker_timeout,
-                                frame_memory=cluster.frame_memory)
+                                frame_memory=cluster.frame_memory, repair=repair)
         if not has_dashboard:
             result.dashboard = None
     if result.failed and not result.written and not result.skipped:
@@ -67,14 +71,18 @@ def exit_status(result: SegmentResult, skip_bad: bool) -> int:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Directory for the HDF5 stores (one per shard).")
 @click.option("--skip-bad", is_flag=True, help="Exit 0 even when some frames were bad (they stay recorded).")
+@click.option("--repair", is_flag=True, help="Make again every store `verify` would name (corrupt, without a "
+              "checksum file, made from other input, or failing a full read); without it such a store is "
+              "refused.")
 @segmenter_options
 @derive_options
 @cluster_options
-def segment(shards: Path, out: Path, skip_bad: bool, spec, derive_config, cluster, retries: int) -> None:
+def segment(shards: Path, out: Path, skip_bad: bool, repair: bool, spec, derive_config, cluster,
+            retries: int) -> None:
     """Segment every frame of every shard; complete stores are skipped, failed shards retried."""
     check_spec(spec)
     with output_lock(out, "pipeline segment"):
         sweep_temps(out)
-        result = run_segment(shards, out, spec, derive_config, cluster, retries)
+        result = run_segment(shards, out, spec, derive_config, cluster, retries, repair=repair)
     click.echo(result.summary())
     sys.exit(exit_status(result, skip_bad))

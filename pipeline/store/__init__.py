@@ -2,7 +2,8 @@
 
 `schema` describes the HDF5 layout and holds `FrameMasks`; `writer` builds a store atomically;
 `reader` reads one frame at a time (safe in DataLoader workers); `codec` is the per-mask run-length
-encoding; `index` maps frame ids to (store, row) over a folder of stores.
+encoding; `index` maps frame ids to (store, row) over a folder of stores; `integrity` records each
+store's sha256 beside it at commit and checks it before HDF5 parses the file.
 """
 
 from unsamflow.pipeline.store import codec

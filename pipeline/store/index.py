@@ -2,7 +2,14 @@
 
 Saved as `index.json` next to the stores. JSON is enough (measured: a 100k-frame index is 5.9 MB
 and loads in 0.12 s), and people can read it. Each shard's size and mtime are recorded
-so that a stale index (a store rewritten by `derive`, or replaced) is refused rather than trusted.
+so that a stale index (a store rewritten by `derive`, or replaced) is refused rather than trusted,
+and its sha256 (from the store's checksum sidecar, see integrity) so that `verify` can compare.
+
+An index is a claim about the stores, not trusted blindly: a malformed one is refused on load with
+one message, and a row is used only after checking that it holds the frame asked for (two swapped
+rows would otherwise hand out another frame's masks). `build_index` checks each store's bytes against
+its sidecar before HDF5 parses it; a store without one is read in full (every frame decoded) and its
+sidecar recorded then.
 
 Built with the manifest (`pipeline index --manifest`), it also lists the manifest's bad pairs (a frame
 recorded as bad, or two frames of different sizes), so that training can leave them out up front.
@@ -17,6 +24,13 @@ from pathlib import Path
 from unsamflow.pipeline.atomic import write_bytes_atomic
 from unsamflow.pipeline.errors import StoreError
 from unsamflow.pipeline.manifest import Manifest, Pair
+from unsamflow.pipeline.store.integrity import (
+    StoreCorrupt,
+    StoreUnverifiable,
+    check_store_file,
+    read_sidecar,
+    write_sidecar,
+)
 from unsamflow.pipeline.store.reader import MaskStore
 from unsamflow.pipeline.store.schema import FrameMasks
 
@@ -78,7 +92,7 @@ class Index:
     """Frame id -> (shard file, row) over one store directory; opens stores lazily and caches them."""
 
     store_dir: Path
-    shards: list[dict]  # {"file", "size", "mtime_ns", "frames", "bad"}
+    shards: list[dict]  # {"file", "size", "mtime_ns", "sha256", "frames", "bad"}
     frames: dict[str, tuple[int, int]]  # frame id -> (shard number, row)
     bad_frames: dict[str, str] = field(default_factory=dict)
     bad_pairs: dict[tuple[str, str], str] = field(default_factory=dict)  # only when built with a manifest
@@ -110,11 +124,18 @@ class Index:
             raise StoreError(f"{self.store_dir / INDEX_NAME}: no frame {frame_id!r}{hint}") from None
 
     def store_for(self, frame_id: str) -> tuple[MaskStore, int]:
-        """The (cached) MaskStore holding a frame and its row there."""
+        """The (cached) MaskStore holding a frame and its row there, after checking that the row holds
+        that frame (StoreError naming both ids when the index is wrong)."""
         shard, row = self._lookup(frame_id)
         if shard not in self._stores:
             self._stores[shard] = MaskStore(self.store_dir / self.shards[shard]["file"])
-        return self._stores[shard], row
+        store = self._stores[shard]
+        there = store.frame_id(row)
+        if there != frame_id:
+            raise StoreError(f"{self.store_dir / INDEX_NAME} is wrong: it maps frame {frame_id!r} to row "
+                             f"{row} of {store.path.name}, which holds frame {there!r}; "
+                             f"run `pipeline index --stores {self.store_dir}`")
+        return store, row
 
     def open(self, frame_id: str) -> FrameMasks:
         """Everything stored about one frame."""
@@ -154,9 +175,13 @@ class Index:
             raise StoreError(f"no index in {store_dir}: run `pipeline index --stores {store_dir}`") from None
         except json.JSONDecodeError as exc:
             raise StoreError(f"{path}: not valid JSON ({exc})") from None
-        if data.get("format") != INDEX_FORMAT or data.get("version") != INDEX_VERSION:
+        got = data if isinstance(data, dict) else {}
+        if got.get("format") != INDEX_FORMAT or got.get("version") != INDEX_VERSION:
             raise StoreError(f"{path}: not an unsamflow index version {INDEX_VERSION} "
-                             f"(format={data.get('format')!r}, version={data.get('version')!r})")
+                             f"(format={got.get('format')!r}, version={got.get('version')!r})")
+        problem = malformed(data)
+        if problem:
+            raise StoreError(f"{path} is malformed: {problem}; run `pipeline index --stores {store_dir}`")
         if check_stale:
             rerun = f"run `pipeline index --stores {store_dir}`"
             for shard in data["shards"]:
@@ -176,12 +201,82 @@ class Index:
         )
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def malformed(data: dict) -> str | None:
+    """What is wrong with a loaded index.json's contents (None when well-formed): every shard entry a
+    plain file name with integer counts, every frame an existing (shard, row) pair, no negative one."""
+    shards = data.get("shards")
+    if not isinstance(shards, list):
+        return "'shards' is not a list"
+    for i, sh in enumerate(shards):
+        if not isinstance(sh, dict):
+            return f"shard entry {i} is not an object"
+        name = sh.get("file")
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+            return f"shard entry {i} has no plain file name (file={name!r})"
+        for key in ("size", "mtime_ns", "frames", "bad"):
+            if not _is_int(sh.get(key)) or sh[key] < 0:
+                return f"shard entry {i} ({name}): {key}={sh.get(key)!r} is not a count"
+    frames = data.get("frames")
+    if not isinstance(frames, dict):
+        return "'frames' is not an object"
+    for fid, loc in frames.items():
+        if not (isinstance(loc, list) and len(loc) == 2 and all(_is_int(v) for v in loc)):
+            return f"frame {fid!r}: location {loc!r} is not [shard, row]"
+        shard, row = loc
+        if not 0 <= shard < len(shards):
+            return f"frame {fid!r}: shard {shard} out of range 0..{len(shards) - 1}"
+        if not 0 <= row < shards[shard]["frames"]:
+            return f"frame {fid!r}: row {row} out of range for {shards[shard]['file']} " \
+                   f"({shards[shard]['frames']} frames)"
+    bad = data.get("bad_frames", {})
+    if not isinstance(bad, dict) or not all(isinstance(v, str) for v in bad.values()):
+        return "'bad_frames' is not an object of reasons"
+    pairs = data.get("bad_pairs", [])
+    if not isinstance(pairs, list) or not all(
+            isinstance(p, dict) and all(isinstance(p.get(k), str) for k in ("frame1", "frame2", "reason"))
+            for p in pairs):
+        return "'bad_pairs' is not a list of {frame1, frame2, reason}"
+    for key in ("segmenter", "derive_config"):
+        if not isinstance(data.get(key, {}), dict):
+            return f"{key!r} is not an object"
+    return None
+
+
+def as_corrupt(path: Path, exc: StoreError) -> str:
+    """One line for a store that cannot be used: "shard X is corrupt: ..." for HDF5 failures."""
+    text = str(exc)
+    if isinstance(exc, StoreCorrupt) and not text.startswith(f"shard {path.name} "):
+        return f"shard {path.name} is corrupt: {text}"
+    return text
+
+
+def check_and_open(path: Path) -> MaskStore:
+    """A MaskStore for `path` once its bytes match its sidecar (StoreCorrupt before HDF5 sees them).
+
+    A store without a sidecar is read in full first (every frame decoded; any error means corrupt) and
+    its sidecar recorded: the one time HDF5 parses bytes that no checksum vouches for.
+    """
+    try:
+        check_store_file(path)
+    except StoreUnverifiable:
+        with MaskStore(path) as store:
+            for row in range(len(store)):
+                store.read(row)
+        write_sidecar(path)
+    return MaskStore(path)
+
+
 def build_index(store_dir: str | Path, save: bool = True, manifest: Manifest | None = None) -> Index:
     """Index every store in `store_dir` (and write `index.json` unless save=False).
 
     Refuses stores made by different segmenters / segmenter configs or derive configs, and frame ids
-    present in two stores, naming both files. With the `manifest`, the index also lists its bad pairs
-    (see `find_bad_pairs`).
+    present in two stores, naming both files, and corrupt stores ("shard X is corrupt", checked
+    against their sidecars before they are opened; see `check_and_open`). With the `manifest`, the
+    index also lists its bad pairs (see `find_bad_pairs`).
     """
     store_dir = Path(store_dir)
     files = store_files(store_dir)
@@ -194,7 +289,11 @@ def build_index(store_dir: str | Path, save: bool = True, manifest: Manifest | N
     shapes: dict[str, tuple[int, int]] = {}
     ref: MaskStore | None = None
     for i, path in enumerate(files):
-        with MaskStore(path) as store:
+        try:
+            store = check_and_open(path)
+        except StoreError as exc:
+            raise StoreError(f"cannot index {store_dir}: {as_corrupt(path, exc)}") from None
+        with store:
             if ref is None:
                 ref = MaskStore(path)
             else:
@@ -211,7 +310,9 @@ def build_index(store_dir: str | Path, save: bool = True, manifest: Manifest | N
             if manifest is not None:
                 shapes.update({fid: store.image_shape(row) for row, fid in enumerate(ids)})
             bad.update(store_bad)
-            shards.append({"file": path.name, **_stamp(path), "frames": len(ids), "bad": len(store_bad)})
+            sha = read_sidecar(path)["sha256"]
+            shards.append({"file": path.name, **_stamp(path), "sha256": sha, "frames": len(ids),
+                           "bad": len(store_bad)})
     assert ref is not None
     bad_pairs = find_bad_pairs(manifest.pairs, shapes, bad) if manifest is not None else {}
     index = Index(store_dir, shards, frames, bad, bad_pairs, ref.segmenter, ref.derive_config)

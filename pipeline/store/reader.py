@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 from unsamflow.pipeline.errors import StoreError
 from unsamflow.pipeline.store import codec
+from unsamflow.pipeline.store.integrity import StoreCorrupt
 from unsamflow.pipeline.store.schema import _JSON_ATTRS, FORMAT_NAME, FORMAT_VERSION, FrameMasks
 
 
@@ -38,7 +39,10 @@ class MaskStore:
         except FileNotFoundError:
             raise StoreError(f"mask store not found: {self.path}") from None
         except OSError as exc:
-            raise StoreError(f"{self.path}: not a readable HDF5 file ({exc})") from None
+            raise StoreCorrupt(f"{self.path}: not a readable HDF5 file ({exc})") from None
+        except Exception as exc:  # damaged metadata surfaces as KeyError, RuntimeError, ... from h5py
+            raise StoreCorrupt(f"{self.path}: corrupt mask store (HDF5: {type(exc).__name__}: {exc})"
+                               ) from None
         try:
             fmt = h5.attrs.get("format")
             if fmt != FORMAT_NAME:
@@ -66,9 +70,10 @@ class MaskStore:
         except StoreError:
             h5.close()
             raise
-        except (KeyError, OSError, ValueError, TypeError) as exc:
+        except Exception as exc:  # whatever h5py raises on damaged metadata
             h5.close()
-            raise StoreError(f"{self.path}: corrupt or incomplete mask store ({exc})") from None
+            raise StoreCorrupt(f"{self.path}: corrupt or incomplete mask store "
+                               f"({type(exc).__name__}: {exc})") from None
         self._h5 = h5
         self._pid = os.getpid()
 
@@ -156,16 +161,23 @@ class MaskStore:
             raise StoreError(f"{self.path}: row {row} out of range (store has {len(self._ids)} frames)")
         return row
 
+    def frame_id(self, row: int) -> str:
+        """The id of the frame stored at `row` (an index checks it before trusting its row)."""
+        r = self._row_of(int(row))  # opens the file first
+        return self._ids[r]
+
     def image_shape(self, key: str | int) -> tuple[int, int]:
         r = self._row_of(key)
         return int(self._shape[r, 0]), int(self._shape[r, 1])
 
     # -- data ---------------------------------------------------------------------------------
     def _slice(self, name: str, start: int, count: int) -> np.ndarray:
+        h5 = self._file()
         try:
-            return self._file()[name][start : start + count]
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{self.path}: cannot read {name} ({exc})") from None
+            return h5[name][start : start + count]
+        except Exception as exc:  # a damaged chunk: OSError from the filter, or whatever h5py raises
+            raise StoreCorrupt(f"{self.path}: corrupt: cannot read {name} ({type(exc).__name__}: {exc})"
+                               ) from None
 
     def read_full_seg(self, key: str | int) -> np.ndarray:
         """(H, W) labels of one frame, in the smallest unsigned dtype that holds them."""
@@ -219,5 +231,7 @@ class MaskStore:
         )
 
     def sha256(self, key: str | int) -> str:
-        return self._sha[self._row_of(key)].decode("ascii")
+        """Content hash of the frame's source image, as segmented."""
+        r = self._row_of(key)  # opens the file first: self._sha exists only after that
+        return self._sha[r].decode("ascii")
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from unsamflow.pipeline.atomic import replace_atomic, temp_path
+from unsamflow.pipeline.atomic import temp_path
 from unsamflow.pipeline.canonical import canonical_json
 from unsamflow.pipeline.errors import StoreError
 from unsamflow.pipeline.store import codec
+from unsamflow.pipeline.store.integrity import commit_store
 from unsamflow.pipeline.store.schema import (
     _BAD_FIELDS,
     _DERIVED_FIELDS,
@@ -213,7 +214,9 @@ class StoreWriter:
         self._ids.add(frame_id)
 
     def commit(self) -> Path:
-        """Flush, close, fsync, then rename to the final name (replacing an older store)."""
+        """Flush, close, fsync, rename to the final name (replacing an older store), then record the
+        store's size and sha256 beside it (see integrity), so that later damage is caught before HDF5
+        parses the file."""
         if self._done:
             raise StoreError(f"{self.path}: writer already committed or aborted")
         try:
@@ -222,7 +225,7 @@ class StoreWriter:
             self._h5.attrs["bad_count"] = self._app.sizes["bad/id"]
             self._h5.close()
             self._h5 = None
-            replace_atomic(self.tmp, self.path)
+            commit_store(self.tmp, self.path)
         except BaseException:
             self.abort()
             raise
