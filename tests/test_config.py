@@ -141,6 +141,20 @@ def test_overrides_nested_list_elements_and_values():
     assert last_wins.stages[2].w_ar == 0.4
 
 
+def test_a_plain_path_is_the_root_and_masks_of_every_component():
+    from unsamflow.trainer.data import parse_mix
+    from unsamflow.trainer.data.mixes import lookup
+
+    cfg = load_config("sintel-aug", ["data.roots=/data/Sintel", "data.masks=/masks/sintel"])
+    assert cfg.data.roots == {"*": "/data/Sintel"} and cfg.data.masks == {"*": "/masks/sintel"}
+    for part in parse_mix(cfg.data.dataset):  # sintel-clean + sintel-final
+        assert str(lookup(cfg.data.roots, part, "roots")) == "/data/Sintel"
+    specific = {"*": "/all", "sintel-final": "/final"}
+    clean, final = parse_mix("sintel-clean+sintel-final")
+    assert str(lookup(specific, clean, "roots")) == "/all"
+    assert str(lookup(specific, final, "roots")) == "/final"
+
+
 @pytest.mark.parametrize("override, message", [
     ("optim.lr=-1", "optim.lr: must be > 0, got -1"),
     ("loss.occlusion=x", "loss.occlusion: must be one of 'range', 'fb', got 'x'"),

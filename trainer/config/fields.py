@@ -242,7 +242,12 @@ def _convert_tuple(tp: Any, args: tuple, value: Any, path: str) -> tuple:
     return tuple(out)
 
 
+WILDCARD = "*"  # the key a plain string stands for in a mapping of strings
+
+
 def _convert_dict(tp: Any, args: tuple, value: Any, path: str) -> dict:
+    if isinstance(value, str) and args[0] is str:
+        value = {WILDCARD: value}  # `data.roots=/data/KITTI`: one value for every key
     if not isinstance(value, Mapping):
         raise ConfigError(path, f"must be {describe(tp)}, got {show(value)}")
     return {convert(args[0], k, path): convert(args[1], v, join(path, k)) for k, v in value.items()}

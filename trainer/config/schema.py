@@ -58,7 +58,8 @@ class DataConfig(Section):
     roots / masks map a dataset to its root folder / mask-store directory; a key may be the component as
     written, its full name or its layout (`sintel`, `kitti2015`, `synthetic`), the most specific
     winning (trainer/data/mixes.py), so one mapping serves the training and the validation sets.
-    Paths are per machine: `data.roots.kitti2015=/data/KITTI2015`. masks null: no stores.
+    Paths are per machine: `data.roots.kitti2015=/data/KITTI2015`, or `data.roots=/data/KITTI2015` for every
+    component (the key `*`). masks null: no stores.
     """
 
     dataset: str = field("synthetic", check=_dataset_spec)  # a mix: names joined by '+', NAME*N repeats

@@ -87,7 +87,7 @@ def lookup(mapping: Mapping[str, str | Path] | None, part: MixPart, what: str) -
     """
     if mapping is None:
         return None
-    for key in part.keys:
+    for key in (*part.keys, "*"):  # "*": the default of every component (`data.roots=/data/KITTI`)
         if key in mapping:
             return None if mapping[key] is None else Path(mapping[key])
     raise BadInputError(f"no {what} entry for dataset {part.written!r}: give one of the keys "
