@@ -92,7 +92,7 @@ class LoggingHook(HookBase):
                 self.logger.scalars(it, {"grad_norm": float(trainer.grad_norm)})
         self.logger.step(it, self.last)
         if self.image_every and it % self.image_every == 0 and self.logger.enabled:
-            b, flow = trainer.batch, result.extras["flow"]["flows_fw"][0]
+            b, flow = trainer.batch, result.pseudo
             self.logger.images(it, step_pictures(b["img1"], b["img2"], b["full_seg1"], flow, result.occ1,
                                                  result.pasted))
 

@@ -169,7 +169,7 @@ class Objective:
         if stage.w_hg > 0:
             terms["homography"] = stage.w_hg * self.homography(out, seg1, seg2, occ1, occ2)
         loss = torch.stack(list(terms.values())).sum()
-        return StepResult(loss, terms, pseudo, occ1, pasted, {"img1a": img1a, "img2a": img2a, "flow": out})
+        return StepResult(loss, terms, pseudo, occ1, pasted, {"img1a": img1a, "img2a": img2a})
 
     def push_key_objects(self, batch: dict[str, Any], result: StepResult) -> None:
         """After the optimiser step (as the reference does): each sample offers one key object."""
