@@ -8,13 +8,20 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 # Dataset preparation (make masks DATASET=sintel ROOT=/data/Sintel OUT=/data/masks CHECKPOINT=sam_vit_h.pth)
 DATASET    ?= folder
 ROOT       ?=
-OUT        ?= masks_out
+OUT        ?=
 CHECKPOINT ?=
 SHARDS     ?= 8
 WORKERS    ?=
 DEMO_OUT   ?= demo_out
+PRESET     ?=
+DATA       ?=
+MASKS      ?=
+CKPT       ?=
+EVAL_ROOT  ?=
+EVAL_MASKS ?=
+OVERRIDES  ?=
 
-.PHONY: venv test demo lint bench masks clean
+.PHONY: venv test demo lint bench masks train evaluate clean
 
 venv: $(STAMP)
 
@@ -29,24 +36,42 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-# The main job end to end on an embedded default: generated synthetic scenes with exact ground truth.
+# The main job end to end on an embedded default: synthetic scenes with exact ground truth -> masks on 2 local
+# Dask workers -> a short CPU training run (cpu-demo: the full +aug +hg +mf recipe, shrunk) -> evaluation on
+# held-out synthetic pairs and the real samples in tests/data -> a report with pictures.
 demo: $(STAMP)
-	$(BIN)/python -m unsamflow.pipeline synth --out $(DEMO_OUT)/data --sequences 4 --frames 3 --size 256x320 \
+	$(BIN)/python -m unsamflow.pipeline synth --out $(DEMO_OUT)/data --sequences 6 --frames 4 --size 256x320 \
 		--seed 0 --difficulty easy
 	$(BIN)/python -m unsamflow.pipeline run --manifest $(DEMO_OUT)/data/manifest.json --out $(DEMO_OUT)/masks \
 		--shards 4 --workers 2 --pictures 4 --key-min-h 24 --key-min-w 24 --key-min-overlaps 3
-	$(BIN)/python -m unsamflow.pipeline show-flow --layout synthetic --root $(DEMO_OUT)/data --pair 0 \
-		--out $(DEMO_OUT)/pictures/flow_pair0.png
-	$(BIN)/python -m unsamflow.trainer refine --flow $(DEMO_OUT)/data/training/flow/seq_000/frame_0001.flo \
-		--store $(DEMO_OUT)/masks/stores --frame training/clean/seq_000/frame_0001.png \
-		--out $(DEMO_OUT)/refine/frame_0001.flo --picture $(DEMO_OUT)/pictures/refine_frame_0001.png
+	$(BIN)/python -m unsamflow.pipeline synth --out $(DEMO_OUT)/heldout --sequences 2 --frames 3 --size 256x320 \
+		--seed 1 --difficulty easy
+	$(BIN)/python -m unsamflow.pipeline run --manifest $(DEMO_OUT)/heldout/manifest.json --out $(DEMO_OUT)/heldout_masks \
+		--shards 2 --workers 2 --pictures 0 --key-min-h 24 --key-min-w 24 --key-min-overlaps 3
+	$(BIN)/python -m unsamflow.trainer train --preset cpu-demo --out $(DEMO_OUT)/run \
+		data.roots=$(DEMO_OUT)/data data.masks=$(DEMO_OUT)/masks/stores \
+		$(if $(wildcard $(DEMO_OUT)/run/checkpoints),--resume,)
+	$(BIN)/python -m unsamflow.trainer report --run $(DEMO_OUT)/run --dataset synthetic --root $(DEMO_OUT)/heldout \
+		--masks $(DEMO_OUT)/heldout_masks/stores --refine --out $(DEMO_OUT)/report
 	@echo
 	@echo "demo done:"
 	@echo "  frames + exact flow:  $(DEMO_OUT)/data (manifest.json)"
-	@echo "  mask stores:          $(DEMO_OUT)/masks/stores (verified)"
-	@echo "  mask pictures:        $(DEMO_OUT)/masks/pictures"
-	@echo "  flow picture:         $(DEMO_OUT)/pictures/flow_pair0.png"
-	@echo "  per-object homography refinement of the GT flow: $(DEMO_OUT)/pictures/refine_frame_0001.png"
+	@echo "  mask stores:          $(DEMO_OUT)/masks/stores (verified), pictures in $(DEMO_OUT)/masks/pictures"
+	@echo "  training run:         $(DEMO_OUT)/run (checkpoints/, metrics.jsonl)"
+	@echo "  report:               $(DEMO_OUT)/report/report.md"
+
+# Training and evaluation on your own data (the masks come from `make masks`):
+#   make train PRESET=kitti-aug-hg-mf DATA=/data/KITTI2015 MASKS=/data/kitti_masks/stores OUT=runs/kitti
+#   make evaluate CKPT=runs/kitti DATASET=kitti-2015-training EVAL_ROOT=/data/KITTI2015 [EVAL_MASKS=...]
+train: $(STAMP)
+	@test -n "$(PRESET)" -a -n "$(DATA)" -a -n "$(OUT)" || (echo "usage: make train PRESET=name DATA=/dataset/root MASKS=/mask/stores OUT=run_dir [OVERRIDES='key=value ...']"; exit 2)
+	$(BIN)/python -m unsamflow.trainer train --preset $(PRESET) --out $(OUT) data.roots=$(DATA) \
+		$(if $(MASKS),data.masks=$(MASKS),) $(OVERRIDES) $(if $(wildcard $(OUT)/checkpoints),--resume,)
+
+evaluate: $(STAMP)
+	@test -n "$(CKPT)" -a -n "$(DATASET)" -a -n "$(EVAL_ROOT)" || (echo "usage: make evaluate CKPT=run_dir|ckpt.pt DATASET=name EVAL_ROOT=/dataset/root [EVAL_MASKS=/mask/stores]"; exit 2)
+	$(BIN)/python -m unsamflow.trainer evaluate --checkpoint $(CKPT) --dataset $(DATASET) --root $(EVAL_ROOT) \
+		$(if $(EVAL_MASKS),--masks $(EVAL_MASKS),)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -56,7 +81,7 @@ bench: $(STAMP)
 
 masks: $(STAMP)
 	@test -n "$(ROOT)" || (echo "usage: make masks DATASET=sintel ROOT=/path/to/dataset OUT=dir [CHECKPOINT=sam.pth] [SHARDS=8] [WORKERS=N]"; exit 2)
-	$(BIN)/python -m unsamflow.pipeline run --layout $(DATASET) --root $(ROOT) --out $(OUT) --shards $(SHARDS) \
+	$(BIN)/python -m unsamflow.pipeline run --layout $(DATASET) --root $(ROOT) --out $(or $(OUT),masks_out) --shards $(SHARDS) \
 		$(if $(CHECKPOINT),--segmenter sam --checkpoint $(CHECKPOINT),) $(if $(WORKERS),--workers $(WORKERS),)
 
 clean:
