@@ -8,7 +8,6 @@ import datetime
 import ipaddress
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -18,7 +17,7 @@ from urllib.parse import urlparse
 import psutil
 import pytest
 from click.testing import CliRunner
-from test_segment import VENV_BIN, _start, small_frames
+from test_segment import VENV_BIN, _start, _stop, small_frames
 from unsamflow.pipeline.cli import main
 from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
 from unsamflow.pipeline.errors import BadInputError
@@ -214,10 +213,7 @@ def tls_cluster(tls, tmp_path):
                              "--no-dashboard", "--host", "127.0.0.1", *tls_flags], tmp_path / "worker.log"))
         yield address
     finally:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=30)
+        _stop(procs)
 
 
 def test_segment_cli_on_a_tls_scheduler(shared_data, tls, tls_cluster, tmp_path):

@@ -3,7 +3,6 @@ failure needs one (subprocesses, real Dask schedulers and workers, real signals,
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import resource
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_segment import REPO, VENV_BIN, _start
+from test_segment import REPO, VENV_BIN, _start, _stop
 from unsamflow.pipeline.cli import main
 from unsamflow.pipeline.derive import DeriveConfig
 from unsamflow.pipeline.manifest import Frame, Manifest
@@ -138,11 +137,7 @@ def test_no_worker_or_every_worker_dead_fails_with_a_message(tmp_path):
         assert "every shard failed" in err and "no Dask worker alive for 3 s" in err, out + err
         assert not list((tmp_path / "b").glob("*.h5"))
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=30)
+        _stop(procs)
 
 
 # -- 5: one big frame never loses its shard ------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -152,6 +153,21 @@ def _start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Pop
                             env=env)
 
 
+def _stop(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
+    """SIGTERM each process group, then SIGKILL what is still there after `grace` seconds: a loaded
+    machine must not turn a slow Dask shutdown into a failed test."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+
+
 def test_worker_killed_mid_shard_on_external_cluster(shared_data, tmp_path):
     """Scheduler and worker as separate processes; SIGKILL the worker while it writes a shard.
 
@@ -220,10 +236,7 @@ def test_worker_killed_mid_shard_on_external_cluster(shared_data, tmp_path):
         ms.close()
         assert not list(stores.glob(".*.tmp-*"))
     finally:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=30)
+        _stop(procs)
 
 
 def test_segment_cli_reports_unknown_segmenter(tmp_path):
