@@ -17,9 +17,9 @@ from pathlib import Path
 
 from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
 from unsamflow.pipeline.derive import DeriveConfig
+from unsamflow.pipeline.dispatch import segment_shards
 from unsamflow.pipeline.images import read_rgb
 from unsamflow.pipeline.manifest import Frame, Manifest
-from unsamflow.pipeline.segment import segment_shards
 from unsamflow.pipeline.segmenters import build_segmenter
 from unsamflow.pipeline.segmenters.base import SegmenterSpec
 from unsamflow.pipeline.shard import write_shards

@@ -176,8 +176,8 @@ def test_index_json_that_is_not_an_object(out):
 def test_stores_of_another_manifest_are_refused_naming_what_differs(out, made, tmp_path):
     """Before: `shard --force` with a second manifest, then `segment` into the same output said "already
     complete" and kept the first data set's stores; `verify --manifest <second> --no-hash` said ok."""
+    from unsamflow.pipeline.dispatch import plan_shards
     from unsamflow.pipeline.layouts import scan
-    from unsamflow.pipeline.segment import plan_shards
 
     second = tmp_path / "data2"  # same ids, other pixels: another data set
     for seq, seed in (("a", 5), ("b", 6)):

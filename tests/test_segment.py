@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from unsamflow.pipeline.cli import main
 from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
 from unsamflow.pipeline.derive import DeriveConfig
+from unsamflow.pipeline.dispatch import segment_shards
 from unsamflow.pipeline.manifest import Frame, Manifest
-from unsamflow.pipeline.segment import segment_shards
 from unsamflow.pipeline.segmenters.base import SegmenterSpec
 from unsamflow.pipeline.store import MaskStore
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
 from unsamflow.pipeline.commands.options import cluster_options, derive_options, segmenter_options
+from unsamflow.pipeline.dispatch import SegmentResult, plan_shards, segment_shards
 from unsamflow.pipeline.errors import BadInputError, PipelineError
 from unsamflow.pipeline.lock import output_lock, sweep_temps
-from unsamflow.pipeline.segment import SegmentResult, plan_shards, segment_shards
 from unsamflow.pipeline.segmenters import check_spec
 from unsamflow.pipeline.segmenters.base import SegmenterSpec
 

@@ -1,0 +1,264 @@
+"""The `segment` stage, client side: which shards need work, submitting them to Dask, waiting with limits.
+
+An existing store counts as complete only when its bytes match the checksum recorded at its commit and
+it was made from this very shard (manifest sha256, root, frame ids); any other store is refused, named,
+or made again with --repair. Every wait for the cluster has a time limit (`completed`): when no worker
+is alive for `worker_timeout` seconds the unfinished shards fail with that reason, never hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unsamflow.pipeline.canonical import json_roundtrip
+from unsamflow.pipeline.errors import PipelineError, StoreError
+from unsamflow.pipeline.manifest import Manifest
+from unsamflow.pipeline.segment import PROGRESS_TOPIC, segment_shard
+from unsamflow.pipeline.segmenters.base import SegmenterSpec
+
+
+@dataclass
+class SegmentResult:
+    shards: int = 0
+    skipped: int = 0
+    written: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # shard -> error
+    repaired: dict[str, str] = field(default_factory=dict)  # store made again (--repair) -> what was wrong
+    frames: int = 0
+    masks: int = 0
+    bad: dict[str, str] = field(default_factory=dict)  # frame id -> reason
+    wall_s: float = 0.0
+    segmenter_s: float = 0.0  # inside the segmenter's calls, summed over workers
+    task_s: float = 0.0  # inside shard tasks (read, segment, derive, write), summed over workers
+    build_s: float = 0.0  # building segmenters (imports, weights), summed over workers
+    dashboard: str | None = None
+
+    def summary(self) -> str:
+        rate = self.frames / self.wall_s if self.wall_s > 0 else 0.0
+        lines = [
+            f"shards: {self.shards} ({self.written} written, {self.skipped} already complete, "
+            f"{len(self.failed)} failed)",
+            f"frames: {self.frames} segmented, {len(self.bad)} bad; masks: {self.masks}",
+            f"time: {self.wall_s:.1f} s wall, {rate:.2f} frames/s; summed over workers: segmenter "
+            f"{self.segmenter_s:.1f} s of {self.task_s:.1f} s in tasks (+{self.build_s:.1f} s building it)",
+        ]
+        for shard, why in sorted(self.repaired.items()):
+            lines.append(f"  repair {shard}: {why}")
+        for frame, reason in sorted(self.bad.items()):
+            lines.append(f"  bad frame {frame}: {reason}")
+        for shard, err in sorted(self.failed.items()):
+            lines.append(f"  failed shard {shard}: {err}")
+        return "\n".join(lines)
+
+
+def store_path_for(shard_file: Path, store_dir: Path) -> Path:
+    return store_dir / (shard_file.name.removesuffix(".json") + ".h5")
+
+
+def existing_problem(store: Path, shard: Manifest, spec: SegmenterSpec, derive_config: dict,
+                     full: bool = False) -> str | None:
+    """None when `store` is complete: its bytes match its checksum sidecar (checked before HDF5 opens
+    it), it was made from this `shard` (manifest sha256, root, frame ids) and, when `full`, every
+    frame decodes and checks out as in `verify`. Otherwise one line saying why (corrupt, unverifiable,
+    stale). Raises StoreError when it was made by another segmenter or derive config: that is
+    never repaired over."""
+    from unsamflow.pipeline.store import MaskStore
+    from unsamflow.pipeline.store.index import as_corrupt
+    from unsamflow.pipeline.store.integrity import check_store_file
+    from unsamflow.pipeline.verify import provenance_difference, read_frames
+
+    try:
+        check_store_file(store)
+        ms = MaskStore(store)
+        with ms:
+            made_by, derived, source = ms.segmenter, ms.derive_config, ms.source
+            stored = {*ms.frame_ids, *ms.bad_frames}
+            scan = read_frames(ms) if full else None
+    except StoreError as exc:
+        return as_corrupt(store, exc)
+    want = {"name": spec.name, "options": spec.options}
+    if made_by.get("spec") != json_roundtrip(want):
+        raise StoreError(
+            f"{store} was made by segmenter {made_by.get('spec')}, this run uses {want}: shards of "
+            "different segmenters cannot be mixed in one store; use another output directory"
+        )
+    if derived != json_roundtrip(derive_config):
+        raise StoreError(
+            f"{store} was derived with {derived}, this run asks for {derive_config}: "
+            "run `pipeline derive` to re-derive, or use the stored thresholds"
+        )
+    stale = provenance_difference(store.name, source, manifest_sha=shard.meta.get("manifest_sha256"),
+                                  root=shard.root, stored_ids=stored, frame_ids=shard.frame_ids)
+    if stale:
+        return stale
+    if scan is not None and scan.problems:
+        more = f" (and {len(scan.problems) - 1} more)" if len(scan.problems) > 1 else ""
+        return scan.problems[0] + more
+    return None
+
+
+@dataclass
+class Plan:
+    """Which shards still need work; complete stores are never touched again."""
+
+    todo: list[tuple[Path, Path, int]]  # (shard file, store file, frames)
+    skipped: int
+    done_frames: int
+    repair: dict[str, str] = field(default_factory=dict)  # store file -> why it is made again
+
+
+def plan_shards(
+    shard_files: list[Path], store_dir: Path, spec: SegmenterSpec, derive_config: dict, repair: bool = False
+) -> Plan:
+    """Shards without a store, and (with `repair`) those whose store `verify` would name: corrupt,
+    unverifiable, stale or failing a full read. Without `repair` such a store is refused (StoreError
+    naming every one), never taken as complete nor silently replaced."""
+    todo, skipped, done_frames = [], 0, 0
+    problems: dict[str, str] = {}
+    for sf in shard_files:
+        shard = Manifest.load(sf)
+        n = len(shard.frames)
+        store = store_path_for(sf, store_dir)
+        problem = existing_problem(store, shard, spec, derive_config, full=repair) if store.exists() else ""
+        if problem is None:
+            skipped += 1
+            done_frames += n
+            continue
+        if problem:
+            problems[store.name] = problem
+        todo.append((sf, store, n))
+    if problems and not repair:
+        them = "it" if len(problems) == 1 else f"these {len(problems)} shards"
+        raise StoreError(f"{'; '.join(problems.values())}: rerun with --repair to make {them} again "
+                         "(or use another output directory)")
+    return Plan(todo, skipped, done_frames, problems)
+
+
+def segment_shards(
+    shard_files: list[Path],
+    store_dir: Path,
+    spec: SegmenterSpec,
+    derive_config: dict,
+    client,
+    *,
+    retries: int = 2,
+    progress: bool = True,
+    plan: Plan | None = None,
+    worker_timeout: float = 300.0,
+    frame_memory: int | None = None,
+    repair: bool = False,
+) -> SegmentResult:
+    """Run every incomplete shard on `client`'s cluster; complete stores are skipped, never rewritten.
+
+    Never waits forever: when no worker is alive for `worker_timeout` s (every worker died, or the
+    scheduler is gone), the shards not finished are reported failed with that reason.
+    """
+    from tqdm import tqdm
+
+    store_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan or plan_shards(shard_files, store_dir, spec, derive_config, repair)
+    res = SegmentResult(shards=len(shard_files), skipped=plan.skipped, repaired=dict(plan.repair))
+    if client is not None:
+        res.dashboard = client.dashboard_link
+    todo = plan.todo
+    total = plan.done_frames + sum(n for *_, n in todo)
+    bar = tqdm(total=total, initial=plan.done_frames, unit="frame", disable=not progress, desc="segment")
+    if not todo:
+        bar.close()
+        return res
+
+    def on_event(event) -> None:
+        msg = event[1] if isinstance(event, tuple) else event
+        if bar.n < bar.total:  # a retried shard reports its frames again
+            bar.update(1)
+        if msg.get("masks") is not None:
+            bar.set_postfix_str(f"last: {msg['masks']} masks", refresh=False)
+
+    client.subscribe_topic(PROGRESS_TOPIC, on_event)
+    t0 = time.perf_counter()
+    futures = {
+        client.submit(
+            segment_shard, str(sf), str(store), spec, derive_config, frame_memory,
+            key=f"segment-{store.name}", retries=retries, pure=False,
+        ): store.name
+        for sf, store, _ in todo
+    }
+    try:
+        for fut, lost in completed(client, futures, worker_timeout):
+            name = futures[fut]
+            if lost is not None:
+                res.failed[name] = lost
+                continue
+            try:
+                stats = fut.result()
+            except PipelineError as exc:
+                res.failed[name] = str(exc)
+                continue
+            except Exception as exc:  # a shard failing after its retries: keep the others going
+                res.failed[name] = describe_failure(exc)
+                continue
+            res.written += 1
+            res.frames += stats["frames"]
+            res.masks += stats["masks"]
+            res.bad.update(stats["bad"])
+            res.segmenter_s += stats["segmenter_s"]
+            res.task_s += stats["task_s"]
+            res.build_s += stats["build_s"]
+    finally:
+        res.wall_s = time.perf_counter() - t0
+        with contextlib.suppress(Exception):  # the scheduler may be gone; nothing left to listen to
+            client.unsubscribe_topic(PROGRESS_TOPIC)
+        bar.close()
+    return res
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A shard's error for the summary; a worker that kept dying is most often out of memory."""
+    text = f"{type(exc).__name__}: {exc}"
+    if type(exc).__name__ == "KilledWorker":
+        text += (" (the worker running this shard died each time it tried: most often out of memory; "
+                 "see --frame-memory and the worker logs)")
+    return text
+
+
+def completed(client, futures, worker_timeout: float, poll: float = 1.0):
+    """Yield (future, None) as futures finish, like distributed.as_completed, but never forever.
+
+    Every `poll` s without a result the client asks the scheduler how many workers are alive (with a
+    time limit). When none has been alive for `worker_timeout` s, or the scheduler cannot be reached
+    for that long, the unfinished futures are cancelled and yielded as (future, why).
+    """
+    from distributed import wait
+
+    pending = set(futures)
+    since: float | None = None
+    why = ""
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=poll, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        for fut in done:
+            yield fut, None
+        if not pending:
+            return
+        try:
+            alive = len(client.nthreads(callback_timeout=max(poll, 5.0)))
+            why = "every worker died (killed, or out of memory: see the worker logs)"
+        except Exception as exc:  # scheduler gone or not answering
+            alive = 0
+            why = f"the scheduler does not answer ({type(exc).__name__}: {exc})"
+        if alive or done:
+            since = None
+            continue
+        since = since or time.monotonic()
+        if time.monotonic() - since >= worker_timeout:
+            break
+    message = f"no Dask worker alive for {worker_timeout:.0f} s (--worker-timeout): {why}; shard not finished"
+    with contextlib.suppress(Exception):
+        client.cancel(list(pending))
+    for fut in pending:
+        yield fut, message
