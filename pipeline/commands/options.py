@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -196,3 +198,33 @@ def load_config(ctx: click.Context, _param, value: str | None):
         clean[by_flag[flag]] = v
     ctx.default_map = {**(ctx.default_map or {}), **clean}
     return value
+
+
+# Exit statuses, stated in every command's --help (the epilog) so that scripts can rely on them.
+EXIT_CODES = ("Exit status: 0 success; 1 bad frames or failed checks (the run finished and says which); "
+              "2 usage or input error (bad option, missing file, refused output).")
+
+
+def quiet_option(f):
+    """-q/--quiet -> kwargs['quiet']: no progress bars (they are off anyway when stderr is no terminal
+    or TQDM_DISABLE is set)."""
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="No progress bars and no dashboard link; summaries still print.")(f)
+
+
+def json_option(f):
+    """--json -> kwargs['as_json']: one JSON summary object on stdout; human lines go to stderr."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON summary object on stdout (the human-readable lines go to "
+                             "stderr), for scripts.")(f)
+
+
+def human_output(as_json: bool):
+    """With --json, the human-readable lines (click.echo to stdout) go to stderr for the block, so that
+    stdout carries only the JSON summary printed after it."""
+    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+
+
+def emit_json(data: dict) -> None:
+    """The --json summary: one object, keys sorted, on stdout."""
+    click.echo(json.dumps(data, indent=1, sort_keys=True, default=str))

@@ -13,6 +13,9 @@ per-row offsets, so one frame is one slice of each dataset:
     derived/full_seg (flat bytes, per-frame smallest uint), derived/key_objects (flat int64)
     bad/     id, reason                                                      frames that could not be used
 
+Every dataset has a `description` attribute (DESCRIPTIONS: meaning, axis order, units) and the root one
+(STORE_DESCRIPTION), so a store reads without this code; `pipeline inspect STORE` prints them.
+
 Everything is gzip-4 (measured in bench_store: gzip-1 is 10% larger for no faster reads; lzf 50%
 larger); bulk datasets have 64 KiB chunks, so a frame's masks span a few chunks and share at most the
 two at its ends with neighbours. The per-frame offsets are read into memory on open, so reading one
@@ -69,6 +72,50 @@ _DERIVED_FIELDS = {
     "derived/key_objects": (np.int64, (), ROWS_CHUNK),
 }
 _BAD_FIELDS = {"bad/id": (_STR, (), ROWS_CHUNK), "bad/reason": (_STR, (), ROWS_CHUNK)}
+
+
+# Every dataset carries its meaning as a `description` attribute, so that h5py / h5dump users can read a
+# store without this code (`pipeline inspect STORE` prints them). Axis order and units are stated.
+STORE_DESCRIPTION = (
+    "unsamflow mask store: SAM-style automatic masks of video frames. Ragged data is flat: frame r's masks "
+    "are rows masks/*[frames/mask_start[r] : + frames/mask_count[r]]; mask i's pixels are run lengths "
+    "masks/runs[masks/run_start[i] : + masks/run_count[i]]. Coordinates are pixels, x to the right, y down. "
+    "Root attributes segmenter, derive_config, source and shard are JSON text."
+)
+DESCRIPTIONS = {
+    "frames/id": "frame id: the image path relative to the dataset root (root attribute `source`).",
+    "frames/image_shape": "(height, width) of the frame in pixels.",
+    "frames/sha256": "sha256 (hex) of the source image file as segmented.",
+    "frames/mask_start": "first row in masks/* of this frame's masks.",
+    "frames/mask_count": "number of masks of this frame (rows in masks/*).",
+    "masks/area": "mask area in pixels.",
+    "masks/bbox": "segmenter's box (x, y, w, h) in pixels, segment-anything's convention: w = x_max - x_min "
+                  "(one less than the pixel count; pycocotools' toBbox gives x_max - x_min + 1).",
+    "masks/predicted_iou": "segmenter's predicted IoU of the mask (0..1).",
+    "masks/stability_score": "segmenter's stability score (0..1).",
+    "masks/point_coords": "(x, y) in pixels of the point prompt that produced the mask.",
+    "masks/crop_box": "(x, y, w, h) in pixels of the image crop the mask was generated in.",
+    "masks/box": "tight box of the mask's pixels as (y, x, h, w), h and w pixel counts; the run lengths "
+                 "cover exactly this box. Note the order differs from bbox (x, y, w, h).",
+    "masks/run_start": "first element in masks/runs of this mask's run lengths.",
+    "masks/run_count": "number of run lengths of this mask.",
+    "masks/runs": "run lengths (uint32) of each mask's box pixels in row-major (C) order, alternating "
+                  "0-runs and 1-runs, starting with a 0-run (possibly of length 0).",
+    "derived/seg_start": "first byte in derived/full_seg of this frame's full segmentation.",
+    "derived/seg_itemsize": "bytes per label of this frame's full_seg (1, 2, 4 or 8): an unsigned "
+                            "little-endian integer.",
+    "derived/full_seg": "packed full segmentations: per frame, height*width labels (row-major, (H, W)) of "
+                        "seg_itemsize bytes each. Region labels, not mask indices: each pixel takes the "
+                        "smallest mask holding it, masks numbered largest first, the occurring ones "
+                        "renumbered 0..K in that order; 0 = in no mask (or, when every pixel is covered, "
+                        "the largest occurring mask).",
+    "derived/key_start": "first row in derived/key_objects of this frame's key objects.",
+    "derived/key_count": "number of key objects of this frame.",
+    "derived/key_objects": "indices (0-based, within the frame's masks) of key objects (root attribute "
+                           "derive_config gives the thresholds).",
+    "bad/id": "frame id that could not be used (it has no row in frames/*).",
+    "bad/reason": "why that frame could not be used.",
+}
 
 
 @dataclass

@@ -20,8 +20,10 @@ from unsamflow.pipeline.store.schema import (
     _GZIP,
     _MASK_FIELDS,
     _STR,
+    DESCRIPTIONS,
     FORMAT_NAME,
     FORMAT_VERSION,
+    STORE_DESCRIPTION,
     library_version,
     seg_dtype,
 )
@@ -41,8 +43,10 @@ class Appender:
             if name in h5:
                 self.sizes[name] = h5[name].shape[0]
                 continue
-            h5.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
-                              chunks=(chunk, *tail), **_GZIP)
+            ds = h5.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                                   chunks=(chunk, *tail), **_GZIP)
+            if name in DESCRIPTIONS:
+                ds.attrs["description"] = DESCRIPTIONS[name]
 
     def add(self, name: str, values) -> int:
         """Queue rows for `name`; returns the row index of the first of them."""
@@ -118,6 +122,7 @@ class StoreWriter:
         self._ids: set[str] = set()
         self._done = False
         attrs = self._h5.attrs
+        attrs["description"] = STORE_DESCRIPTION
         attrs["format"] = FORMAT_NAME
         attrs["format_version"] = FORMAT_VERSION
         attrs["segmenter"] = canonical_json(segmenter)
