@@ -94,6 +94,19 @@ def test_photometric_loss_prefers_the_true_shift():
         assert occ1[..., -2:].all() and occ2[..., :2].all()  # what leaves the frame is occluded
 
 
+def test_photometric_loss_is_the_mean_of_both_directions_with_border_padding():
+    """Reference (ARFlow/UnSAMFlow with_bk): per level (forward + backward) / 2, images warped with
+    border padding; a sum would double the photometric term against w_ar and w_hg."""
+    g = torch.Generator().manual_seed(3)
+    img1, img2 = torch.rand(1, 3, 24, 32, generator=g), torch.rand(1, 3, 24, 32, generator=g)
+    f12, f21 = [_const_flow(1, 24, 32, 1.5, 0.5)], [_const_flow(1, 24, 32, -0.5, 1.0)]
+    kw = {"w_l1": 0.15, "w_ssim": 0.85}
+    loss, occ1, occ2 = photometric_loss(img1, img2, f12, f21, occlusion=None, **kw)
+    fw = photometric_level(img1, flow_warp(img2, f12[0], padding_mode="border"), 1 - occ1, **kw)
+    bw = photometric_level(img2, flow_warp(img1, f21[0], padding_mode="border"), 1 - occ2, **kw)
+    assert float(loss) == pytest.approx(float(fw + bw) / 2, rel=1e-5)
+
+
 def test_pyramid_levels_and_weights():
     img = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     f = [torch.zeros(1, 2, 32 >> i, 32 >> i, requires_grad=True) for i in range(5)]

@@ -91,12 +91,14 @@ def photometric_loss(
     w_ssim: float = 0.85,
     w_ternary: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pyramid photometric loss, forward + backward. Returns (loss, occ1, occ2).
+    """Pyramid photometric loss, the mean of the forward and backward terms. Returns (loss, occ1, occ2).
 
     flows12/flows21: finest level first, each (B, 2, h_i, w_i) in that level's pixel units. Images
-    are area-resized to each level. Occlusion is estimated once at the finest level (no gradient)
-    and nearest-resized to the others, as in ARFlow. Stage 0 of the method: w_l1 0.15, w_ssim 0.85;
-    from stage 1: w_ternary 1 and the others 0.
+    are area-resized to each level and warped with border padding (the reference's warp_pad). Each
+    level's loss is (forward + backward) / 2, as in ARFlow/UnSAMFlow (with_bk), so the weights of the
+    other terms (w_ar, w_hg) keep their published meaning. Occlusion is estimated once at the finest
+    level (no gradient) and nearest-resized to the others, as in ARFlow. Stage 0 of the method: w_l1
+    0.15, w_ssim 0.85; from stage 1: w_ternary 1 and the others 0.
     """
     if len(flows12) != len(flows21):
         raise BadInputError(f"flows12 has {len(flows12)} levels but flows21 has {len(flows21)}")
@@ -113,7 +115,7 @@ def photometric_loss(
         i2 = img2 if img2.shape[-2:] == size else F.interpolate(img2, size, mode="area")
         v1 = 1 - (occ1 if occ1.shape[-2:] == size else F.interpolate(occ1, size, mode="nearest"))
         v2 = 1 - (occ2 if occ2.shape[-2:] == size else F.interpolate(occ2, size, mode="nearest"))
-        level = photometric_level(i1, flow_warp(i2, f12), v1, **kw)
-        level = level + photometric_level(i2, flow_warp(i1, f21), v2, **kw)
-        total = total + lw * level
+        level = photometric_level(i1, flow_warp(i2, f12, padding_mode="border"), v1, **kw)
+        level = level + photometric_level(i2, flow_warp(i1, f21, padding_mode="border"), v2, **kw)
+        total = total + lw * level / 2
     return total, occ1, occ2
