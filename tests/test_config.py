@@ -75,6 +75,9 @@ def test_reference_schedule_and_dataset_values():
         assert (s1.start, s1.photometric, s1.spatial, s1.occlusion) == (0.25, "census", True, True)
         assert (s0.w_ar, s1.w_ar) == (0.0, 0.02)
         assert (s1.key_aug, s1.w_hg) == (False, 0.0)
+        # occlusion: range map in stage 0, forward-backward from stage 1 (reference occ_from_back false)
+        occ = (cfg.loss.occlusion, s0.occ_method, s1.occ_method, s2.occ_method)
+        assert occ == ("range", None, "fb", "fb")
         assert (s2.start, s2.photometric, s2.key_aug, s2.w_ar, s2.w_hg) == (0.75, "census", True, 0.1, 0.1)
         assert (cfg.loss.l1_weight, cfg.loss.ssim_weight, cfg.loss.smooth_weight) == (0.15, 0.85, 0.0)
         assert cfg.loss.hg.ransac_thresh == thresh and cfg.loss.hg.num_regions == 6

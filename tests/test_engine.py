@@ -83,6 +83,29 @@ def test_one_step_terms_per_stage_and_key_objects_pasted(tiny_train_set, tmp_pat
         trainer.step_times)
 
 
+def test_stage_occlusion_estimate_range_then_forward_backward():
+    """The reference estimates occlusion by the range map in stage 0 and by forward-backward
+    consistency from stage 1 (occ_from_back false); the stage's occ_method reaches the loss."""
+    from unsamflow.trainer.config import load_config
+    from unsamflow.trainer.engine.objective import Objective
+    from unsamflow.trainer.engine.timing import PhaseTimer
+    from unsamflow.trainer.losses import occlusion_fb, occlusion_range
+
+    for preset in ("kitti-base", "sintel-aug-hg-mf"):
+        cfg = load_config(preset)
+        assert [s.occ_method or cfg.loss.occlusion for s in cfg.stages] == ["range", "fb", "fb"]
+    objective = Objective(cfg, torch.Generator(), None, PhaseTimer())
+    img = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    f12 = torch.zeros(1, 2, 64, 128)
+    f12[:, 0] = 3.0  # both flows point right: inconsistent, yet frame 2 covers most of frame 1
+    flows = [f12[..., :: 2**i, :: 2**i] / 2**i for i in range(5)]
+    out = {"flows_fw": flows, "flows_bw": [f.clone() for f in flows]}
+    occ0 = objective.photometric(img, img, out, cfg.stages[0])[1]
+    occ1 = objective.photometric(img, img, out, cfg.stages[1])[1]
+    assert torch.equal(occ0, occlusion_range(f12)) and torch.equal(occ1, occlusion_fb(f12, f12))
+    assert not torch.equal(occ0, occ1)
+
+
 def test_amp_and_channels_last_refused_on_cpu(tiny_train_set, tmp_path):
     from unsamflow.pipeline.errors import BadInputError
     from unsamflow.trainer.engine.run import prepare

@@ -180,6 +180,9 @@ class Stage(Section):
     occlusion: bool = False  # occlusion (crop) pass
     key_aug: bool = False  # paste cached key objects in the occlusion pass (+aug)
     w_hg: float = field(0.0, check=at_least(0))  # homography smoothness (+hg)
+    # occlusion estimate of this stage's photometric loss, pseudo-label mask and +hg; null = loss.occlusion
+    # (the reference switches from the range map to forward-backward consistency at stage 1)
+    occ_method: Literal["range", "fb"] | None = None
 
     def validate(self) -> None:
         if self.key_aug and not self.occlusion:

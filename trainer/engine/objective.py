@@ -86,14 +86,16 @@ class Objective:
     def photometric(
         self, img1: torch.Tensor, img2: torch.Tensor, out: dict[str, list[torch.Tensor]], stage: Any
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stage 0: L1 + SSIM; from stage 1 (photometric: census): the census distance."""
+        """Stage 0: L1 + SSIM; from stage 1 (photometric: census): the census distance. Occlusion by
+        the stage's occ_method, else loss.occlusion."""
         lc = self.cfg.loss
         if stage.photometric == "census":
             weights = {"w_l1": 0.0, "w_ssim": 0.0, "w_ternary": lc.census_weight}
         else:
             weights = {"w_l1": lc.l1_weight, "w_ssim": lc.ssim_weight, "w_ternary": 0.0}
         with self.timer.phase("loss_photometric"):
-            return photometric_loss(img1, img2, out["flows_fw"], out["flows_bw"], occlusion=lc.occlusion,
+            occlusion = getattr(stage, "occ_method", None) or lc.occlusion
+            return photometric_loss(img1, img2, out["flows_fw"], out["flows_bw"], occlusion=occlusion,
                                     level_weights=lc.level_weights, **weights)
 
     def smoothness(self, img1: torch.Tensor, img2: torch.Tensor, out: dict[str, list[torch.Tensor]]):
