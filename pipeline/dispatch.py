@@ -36,6 +36,12 @@ class SegmentResult:
     build_s: float = 0.0  # building segmenters (imports, weights), summed over workers
     dashboard: str | None = None
 
+    def to_dict(self) -> dict:
+        """For `--json`: every field (bad frames and failed shards with their reasons)."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
     def summary(self) -> str:
         rate = self.frames / self.wall_s if self.wall_s > 0 else 0.0
         lines = [
@@ -157,6 +163,7 @@ def segment_shards(
     scheduler is gone), the shards not finished are reported failed with that reason.
     """
     from tqdm import tqdm
+    from unsamflow.pipeline.progress import bar_disable
 
     store_dir.mkdir(parents=True, exist_ok=True)
     plan = plan or plan_shards(shard_files, store_dir, spec, derive_config, repair)
@@ -165,7 +172,8 @@ def segment_shards(
         res.dashboard = client.dashboard_link
     todo = plan.todo
     total = plan.done_frames + sum(n for *_, n in todo)
-    bar = tqdm(total=total, initial=plan.done_frames, unit="frame", disable=not progress, desc="segment")
+    bar = tqdm(total=total, initial=plan.done_frames, unit="frame", disable=bar_disable(progress),
+               desc="segment")
     if not todo:
         bar.close()
         return res

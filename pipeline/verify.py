@@ -21,6 +21,7 @@ from tqdm import tqdm
 from unsamflow.pipeline.errors import BadInputError, StoreError
 from unsamflow.pipeline.images import file_sha256
 from unsamflow.pipeline.manifest import Manifest
+from unsamflow.pipeline.progress import bar_disable
 from unsamflow.pipeline.shard import manifest_sha256
 from unsamflow.pipeline.store import FrameMasks, MaskStore
 from unsamflow.pipeline.store.codec import tight_box
@@ -46,6 +47,14 @@ class VerifyReport:
     bad_pairs: dict[tuple[str, str], str] = field(default_factory=dict)  # (frame1, frame2) -> reason
     only_bad_frames: bool = False  # every problem is a recorded bad frame or bad pair (a run may skip them)
     bad_shards: dict[str, str] = field(default_factory=dict)  # store file -> its first problem (--repair)
+
+    def to_dict(self) -> dict:
+        """For `--json`: ok, counts, problem lines, bad frames/pairs/shards."""
+        return {"ok": self.ok, "counts": dict(self.counts), "problems": list(self.lines),
+                "bad_frames": dict(self.bad_frames),
+                "bad_pairs": [{"frame1": a, "frame2": b, "reason": r}
+                              for (a, b), r in self.bad_pairs.items()],
+                "bad_shards": dict(self.bad_shards), "only_bad_frames": self.only_bad_frames}
 
     def summary(self) -> str:
         c = self.counts
@@ -170,7 +179,7 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
         problems.append(f"no mask stores (*.h5) in {store_dir}")
     want_sha = manifest_sha256(manifest)
     ref: tuple[str, MaskStore] | None = None
-    bar = tqdm(desc="verify masks", unit="frame", disable=not progress)
+    bar = tqdm(desc="verify masks", unit="frame", disable=bar_disable(progress))
 
     def shard_problem(name: str, line: str) -> None:
         problems.append(line)
@@ -295,7 +304,7 @@ def index_problems(store_dir: Path, located: dict[str, tuple[str, int]], bad: di
 
 def _check_hashes(manifest: Manifest, stored: dict[str, str], progress: bool) -> list[str]:
     out = []
-    for fid in tqdm(sorted(stored), desc="hash sources", unit="frame", disable=not progress):
+    for fid in tqdm(sorted(stored), desc="hash sources", unit="frame", disable=bar_disable(progress)):
         try:
             path = manifest.path(fid)
             now = file_sha256(path)

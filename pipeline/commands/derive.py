@@ -5,19 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from unsamflow.pipeline.commands.options import derive_options
+from unsamflow.pipeline.commands.options import EXIT_CODES, derive_options, quiet_option
 from unsamflow.pipeline.lock import output_lock, sweep_temps
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES)
 @click.option("--stores", "store_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory of mask stores (*.h5).")
 @derive_options
-def derive(store_dir: Path, derive_config: dict) -> None:
+@quiet_option
+def derive(store_dir: Path, derive_config: dict, quiet: bool) -> None:
     """Re-derive every store from its stored masks (the segmenter is not run again).
 
     Stores already derived with the same thresholds are skipped; each other store is rewritten
     atomically. An existing index.json is rebuilt afterwards (the stores changed).
+
+    \b
+    Example (key objects for small frames):
+      unsamflow-pipeline derive --stores work/stores --key-min-h 24 --key-min-w 24 --key-min-overlaps 3
     """
     from unsamflow.pipeline.derive import DeriveConfig
     from unsamflow.pipeline.store.index import store_files
@@ -31,10 +36,10 @@ def derive(store_dir: Path, derive_config: dict) -> None:
         # A killed derive leaves a store-sized temporary; holding the lock, every one is a dead writer's.
         for tmp in sweep_temps(store_dir):
             click.echo(f"removed {tmp.name} (left by a writer that was killed)")
-        _derive_all(store_dir, files, cfg)
+        _derive_all(store_dir, files, cfg, quiet)
 
 
-def _derive_all(store_dir: Path, files: list[Path], cfg) -> None:
+def _derive_all(store_dir: Path, files: list[Path], cfg, quiet: bool = False) -> None:
     from unsamflow.pipeline.rederive import rewrite_derived
     from unsamflow.pipeline.store import MaskStore
     from unsamflow.pipeline.store.index import INDEX_NAME, build_index
@@ -48,7 +53,8 @@ def _derive_all(store_dir: Path, files: list[Path], cfg) -> None:
             continue
         rewrite_derived(path, cfg)
         done += 1
-        click.echo(f"re-derived {path.name}")
+        if not quiet:
+            click.echo(f"re-derived {path.name}")
     click.echo(f"derive: {done} stores re-derived, {skipped} already derived with these thresholds")
     if done and (store_dir / INDEX_NAME).exists():
         build_index(store_dir)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from unsamflow.pipeline.commands.options import EXIT_CODES
 
 
-@click.command("index")
+@click.command("index", epilog=EXIT_CODES)
 @click.option("--stores", "store_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory of mask stores (*.h5); index.json is written there.")
 @click.option("--manifest", "manifest_file", type=click.Path(dir_okay=False, path_type=Path),
@@ -18,6 +19,10 @@ def index(store_dir: Path, manifest_file: Path | None) -> None:
 
     Each store is checked against its checksum file first; one without (older stores) is read in full
     and its checksum file recorded. Holds the directory's write lock, like every writer of stores.
+
+    \b
+    Example:
+      unsamflow-pipeline index --stores work/stores --manifest work/manifest.json
     """
     from unsamflow.pipeline.lock import output_lock, sweep_temps
     from unsamflow.pipeline.manifest import Manifest

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from unsamflow.pipeline.commands.options import EXIT_CODES, layout_options, parse_kv
 from unsamflow.pipeline.errors import BadInputError
-from unsamflow.pipeline.layouts import LAYOUTS, check_expected, counts, scan
+from unsamflow.pipeline.layouts import check_expected, counts, scan
 from unsamflow.pipeline.manifest import Manifest
 
 
@@ -36,45 +37,40 @@ def summary(manifest: Manifest) -> str:
     )
 
 
-@click.command()
-@click.option("--layout", required=True, help=f"Dataset layout: {', '.join(LAYOUTS)}.")
+@click.command(epilog=EXIT_CODES)
+@layout_options(required=True)
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Dataset root folder.")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Manifest file to write (JSON).",
-)
-@click.option("--split", default=None, help="sintel: training|test; kitti*: training|testing.")
-@click.option(
-    "--pass",
-    "passes",
-    multiple=True,
-    help="sintel: clean, final, albedo (repeatable; default clean and final).",
-)
-@click.option(
-    "--multiview/--no-multiview",
-    default=None,
-    help="kitti*: every frame of the multi-view download, not only the 10 -> 11 pair.",
-)
-@click.option("--gray/--no-gray", default=None, help="kitti2012: image_0/; middlebury: other-data-gray/.")
-@click.option(
-    "--allow-partial",
-    is_flag=True,
-    help="Write the manifest even when the counts differ from data_manifests/<layout>.yaml.",
-)
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Manifest file to write (JSON).")
+@click.option("--allow-partial", is_flag=True,
+              help="Write the manifest even when the counts differ from data_manifests/<layout>.yaml.")
+# The flags of earlier versions, kept working but hidden: -l KEY=VALUE is the one syntax.
+@click.option("--split", default=None, hidden=True)
+@click.option("--pass", "passes", multiple=True, hidden=True)
+@click.option("--multiview/--no-multiview", default=None, hidden=True)
+@click.option("--gray/--no-gray", default=None, hidden=True)
 def manifest(
     layout: str,
+    layout_opts: tuple[str, ...],
     root: Path,
     out: Path,
+    allow_partial: bool,
     split: str | None,
     passes: tuple[str, ...],
     multiview: bool | None,
     gray: bool | None,
-    allow_partial: bool,
 ) -> None:
-    """Scan ROOT in LAYOUT into a frame list (frames, sequences, pairs with ground-truth paths)."""
-    m = scan(layout, root, split=split, passes=list(passes) or None, multiview=multiview, gray=gray)
+    """Scan ROOT in LAYOUT into a frame list (frames, sequences, pairs with ground-truth paths).
+
+    \b
+    Example (Sintel's final pass only; the counts are checked against the full download):
+      unsamflow-pipeline manifest --layout sintel --root /data/MPI-Sintel -l passes=final \\
+          --out work/manifest.json
+    """
+    opts = parse_kv(layout_opts, "--layout-option")
+    legacy = {"split": split, "passes": list(passes) or None, "multiview": multiview, "gray": gray}
+    opts.update({k: v for k, v in legacy.items() if v is not None})
+    m = scan(layout, root, **opts)
     click.echo(summary(m))
     ignored = m.meta.get("ignored")
     if ignored:

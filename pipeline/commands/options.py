@@ -50,6 +50,30 @@ def parse_size(value: str | int | None, what: str) -> int | None:
     return size
 
 
+LAYOUT_OPTION_HELP = (
+    "Layout option KEY=VALUE (repeatable), the same syntax in every command: split=training|test (sintel), "
+    "split=training|testing (kitti*); passes=clean,final,albedo (sintel; default clean,final); "
+    "multiview=true (kitti*: every frame of the multi-view download, not only the 10 -> 11 pair); "
+    "gray=true (kitti2012: image_0/; middlebury: other-data-gray/).")
+
+
+def layout_options(required: bool):
+    """--layout (a choice; ptlflow's names too) and -l/--layout-option KEY=VALUE (kwargs layout_opts)."""
+    from unsamflow.pipeline.layouts import layout_names
+
+    def deco(f):
+        f = click.option("-l", "--layout-option", "layout_opts", multiple=True, metavar="KEY=VALUE",
+                         help=LAYOUT_OPTION_HELP)(f)
+        return click.option(
+            "--layout", required=required, default=None, type=click.Choice(layout_names()),
+            help="Dataset layout; ptlflow's names sintel-clean, sintel-final (= sintel -l passes=...), "
+                 "kitti-2015, kitti-2012 are accepted too."
+                 + ("" if required else " Not needed with --manifest."),
+        )(f)
+
+    return deco
+
+
 def segmenter_options(f):
     """--segmenter, --checkpoint, --model-type and free -o KEY=VALUE options -> kwargs['spec']."""
 
@@ -57,7 +81,9 @@ def segmenter_options(f):
                   help="sam, graph (weight-free default), an entry point name, or module:factory.")
     @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
                   help="SAM checkpoint (.pth); implies --segmenter sam.")
-    @click.option("--model-type", default=None, help="SAM model type: vit_h, vit_l, vit_b, vit_tiny.")
+    @click.option("--model-type", default=None, metavar="TYPE",
+                  help="SAM model type matching --checkpoint: vit_h, vit_l or vit_b (the README's checkpoint "
+                       "table); vit_tiny for a smoke-test checkpoint from `segmenters --tiny-checkpoint`.")
     @click.option("-o", "--segmenter-option", "seg_opts", multiple=True, metavar="KEY=VALUE",
                   help="Any segmenter option, e.g. -o points_per_side=32 -o pred_iou_thresh=0.86 "
                        "(see `pipeline segmenters`).")
@@ -90,9 +116,9 @@ def derive_options(f):
     @click.option("--key-max-w", type=int, default=defaults.max_w, show_default=True,
                   help="Key objects: maximum bbox width (px).")
     @click.option("--key-min-fill", type=float, default=defaults.min_fill, show_default=True,
-                  help="Key objects: minimum area / bbox area.")
+                  help="Key objects: minimum area / bbox area (a fraction, 0..1).")
     @click.option("--key-min-overlaps", type=int, default=defaults.min_overlaps, show_default=True,
-                  help="Key objects: minimum number of masks overlapping it (itself included).")
+                  help="Key objects: minimum number of masks overlapping it (a count, itself included).")
     @functools.wraps(f)
     def wrapper(*args, key_min_h, key_max_h, key_min_w, key_max_w, key_min_fill, key_min_overlaps,
                 **kwargs):
@@ -115,7 +141,8 @@ def cluster_options(f):
 
     @click.option("--workers", type=click.IntRange(min=1), default=None,
                   help="Local workers (default: one per GPU, else min(cores, 4)).")
-    @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
+    @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+                  help="Threads per local worker: shards one worker segments at once (each holds a frame).")
     @click.option("--scheduler", default=None, metavar="ADDRESS",
                   help="Use a running Dask scheduler, e.g. tls://head-node:8786 (with --tls-*). "
                        "Without it the command starts a local cluster bound to 127.0.0.1.")

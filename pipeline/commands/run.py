@@ -9,10 +9,16 @@ from pathlib import Path
 import click
 from unsamflow.pipeline.commands.manifest import summary
 from unsamflow.pipeline.commands.options import (
+    EXIT_CODES,
     cluster_options,
     derive_options,
+    emit_json,
+    human_output,
+    json_option,
+    layout_options,
     load_config,
     parse_kv,
+    quiet_option,
     segmenter_options,
 )
 from unsamflow.pipeline.commands.segment import exit_status, run_segment
@@ -23,22 +29,20 @@ from unsamflow.pipeline.manifest import Manifest
 from unsamflow.pipeline.segmenters import check_spec
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES)
 @click.option("--config", type=click.Path(dir_okay=False), callback=load_config, is_eager=True,
               expose_value=False, help="YAML file whose keys are this command's options (flags override).")
-@click.option("--layout", default=None, help="Dataset layout (sintel, kitti2015, kitti2012, middlebury, "
-              "folder, synthetic). Not needed with --manifest.")
+@layout_options(required=False)
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Dataset root.")
-@click.option("-l", "--layout-option", "layout_opts", multiple=True, metavar="KEY=VALUE",
-              help="Layout option, e.g. -l passes=final -l split=test -l multiview=true.")
 @click.option("--manifest", "manifest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Use this frame list instead of scanning --root.")
 @click.option("--allow-partial", is_flag=True,
               help="Accept a dataset whose counts differ from the known ones.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output directory: manifest.json, shards/, stores/, pictures/.")
-@click.option("--shards", "num_shards", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--shards", "num_shards", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Number of shards: one store each, the unit of work, retry and resume on the cluster.")
 @click.option("--skip-bad", is_flag=True, help="Exit 0 even when some frames were bad.")
 @click.option("--no-hash", is_flag=True, help="verify: do not re-hash the source images.")
 @click.option("--repair", is_flag=True, help="segment: make again every store `verify` would name (corrupt, "
@@ -48,22 +52,36 @@ from unsamflow.pipeline.segmenters import check_spec
 @segmenter_options
 @derive_options
 @cluster_options
+@quiet_option
+@json_option
 def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash,
-        repair, pictures, spec, derive_config, cluster, retries) -> None:
-    """manifest -> shard -> segment (+derive) -> index -> verify -> show, in OUT."""
+        repair, pictures, spec, derive_config, cluster, retries, quiet: bool, as_json: bool) -> None:
+    """manifest -> shard -> segment (+derive) -> index -> verify -> show, in OUT.
+
+    \b
+    Example (KITTI 2015 multi-view with SAM ViT-H; or every option from a YAML file with --config):
+      unsamflow-pipeline run --layout kitti-2015 -l multiview=true --root /data/KITTI2015 --out masks \\
+          --checkpoint sam_vit_h_4b8939.pth --model-type vit_h --shards 64 --json > run.json
+    """
     check_spec(spec)  # a bad segmenter option, model type or checkpoint fails before anything is written
     t0 = time.perf_counter()
     stores = out / "stores"
-    with output_lock(out, "pipeline run"), output_lock(stores, "pipeline run"):
+    summary_: dict = {"command": "run", "out": str(out)}
+    with human_output(as_json), output_lock(out, "pipeline run"), output_lock(stores, "pipeline run"):
         for folder in (out, out / "shards", stores, out / "pictures"):
             sweep_temps(folder)
         status = _run(layout, root, layout_opts, manifest_file, allow_partial, out, num_shards, skip_bad,
-                      no_hash, pictures, spec, derive_config, cluster, retries, t0, repair)
+                      no_hash, pictures, spec, derive_config, cluster, retries, t0, repair, not quiet,
+                      summary_)
+    if as_json:
+        emit_json({**summary_, "exit_status": status})
     sys.exit(status)
 
 
 def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash,
-         pictures, spec, derive_config, cluster, retries, t0: float, repair: bool = False) -> int:
+         pictures, spec, derive_config, cluster, retries, t0: float, repair: bool = False,
+         progress: bool = True, summary_: dict | None = None) -> int:
+    """The stages in order; `summary_` (the --json object) is filled in as they finish."""
     from unsamflow.pipeline.layouts import check_expected, scan
     from unsamflow.pipeline.shard import write_shards
     from unsamflow.pipeline.store.index import build_index
@@ -91,13 +109,14 @@ def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num
     click.echo(f"[2/6] shard: {len(shard_paths)} shards -> {out / 'shards'}")
 
     click.echo(f"[3/6] segment with {spec.name} (+derive) ...")
-    result = run_segment(out / "shards", stores, spec, derive_config, cluster, retries, repair=repair)
+    result = run_segment(out / "shards", stores, spec, derive_config, cluster, retries, progress=progress,
+                         repair=repair)
     click.echo(result.summary())
 
     index = build_index(stores, manifest=manifest)  # records the manifest's bad pairs for training
     click.echo(f"[4/6] index: {len(index.frame_ids)} frames -> {stores / 'index.json'}")
 
-    report = verify(stores, manifest, check_hashes=not no_hash)
+    report = verify(stores, manifest, check_hashes=not no_hash, progress=progress)
     click.echo(f"[5/6] verify: {'ok' if report.ok else 'PROBLEMS'}")
     for line in report.lines:
         click.echo(f"  {line}")
@@ -106,6 +125,10 @@ def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num
     click.echo(f"[6/6] pictures: {len(pics)} -> {out / 'pictures'}")
     click.echo(f"done in {time.perf_counter() - t0:.1f} s: stores in {stores}")
     status = exit_status(result, skip_bad)
+    if summary_ is not None:
+        summary_.update(manifest=str(manifest_path), frames=len(manifest.frames), shards=len(shard_paths),
+                        segment=result.to_dict(), index=str(stores / "index.json"), verify=report.to_dict(),
+                        pictures=[str(p) for p in pics], wall_s=time.perf_counter() - t0)
     return status or (0 if report.ok or (skip_bad and report.only_bad_frames) else 1)
 
 

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
-from unsamflow.pipeline.commands.options import cluster_options, derive_options, segmenter_options
+from unsamflow.pipeline.commands.options import (
+    EXIT_CODES,
+    cluster_options,
+    derive_options,
+    emit_json,
+    human_output,
+    json_option,
+    quiet_option,
+    segmenter_options,
+)
 from unsamflow.pipeline.dispatch import SegmentResult, plan_shards, segment_shards
 from unsamflow.pipeline.errors import BadInputError, PipelineError
 from unsamflow.pipeline.lock import output_lock, sweep_temps
@@ -65,7 +74,7 @@ def exit_status(result: SegmentResult, skip_bad: bool) -> int:
     return 0
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES)
 @click.option("--shards", type=click.Path(exists=True, path_type=Path), required=True,
               help="Directory of shard-*.json (from `pipeline shard`) or one shard file.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -77,12 +86,25 @@ def exit_status(result: SegmentResult, skip_bad: bool) -> int:
 @segmenter_options
 @derive_options
 @cluster_options
+@quiet_option
+@json_option
 def segment(shards: Path, out: Path, skip_bad: bool, repair: bool, spec, derive_config, cluster,
-            retries: int) -> None:
-    """Segment every frame of every shard; complete stores are skipped, failed shards retried."""
+            retries: int, quiet: bool, as_json: bool) -> None:
+    """Segment every frame of every shard; complete stores are skipped, failed shards retried.
+
+    \b
+    Example (SAM ViT-H on 4 local GPU workers; --json for scripts):
+      unsamflow-pipeline segment --shards work/shards --out work/stores --checkpoint sam_vit_h_4b8939.pth \\
+          --model-type vit_h --workers 4 --json > segment.json
+    """
     check_spec(spec)
-    with output_lock(out, "pipeline segment"):
-        sweep_temps(out)
-        result = run_segment(shards, out, spec, derive_config, cluster, retries, repair=repair)
-    click.echo(result.summary())
-    sys.exit(exit_status(result, skip_bad))
+    with human_output(as_json):
+        with output_lock(out, "pipeline segment"):
+            sweep_temps(out)
+            result = run_segment(shards, out, spec, derive_config, cluster, retries, progress=not quiet,
+                                 repair=repair)
+        click.echo(result.summary())
+    status = exit_status(result, skip_bad)
+    if as_json:
+        emit_json({"command": "segment", "exit_status": status, **result.to_dict()})
+    sys.exit(status)

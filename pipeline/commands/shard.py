@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from unsamflow.pipeline.commands.options import EXIT_CODES
 from unsamflow.pipeline.manifest import Manifest
 from unsamflow.pipeline.shard import sync_shards
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES)
 @click.option(
     "--manifest",
     "manifest_file",
@@ -17,7 +18,8 @@ from unsamflow.pipeline.shard import sync_shards
     type=click.Path(dir_okay=False, path_type=Path),
     help="Manifest from `pipeline manifest`.",
 )
-@click.option("--num-shards", required=True, type=click.IntRange(min=1), help="How many shards to make.")
+@click.option("--num-shards", required=True, type=click.IntRange(min=1),
+              help="How many shards to make (one store each; at most the number of frames).")
 @click.option(
     "--out",
     required=True,
@@ -26,7 +28,14 @@ from unsamflow.pipeline.shard import sync_shards
 )
 @click.option("--force", is_flag=True, help="Replace shards of another manifest or shard count in OUT.")
 def shard(manifest_file: Path, num_shards: int, out: Path, force: bool) -> None:
-    """Write NUM_SHARDS shard manifests of MANIFEST into OUT (a no-op when they are already there)."""
+    """Write NUM_SHARDS shard manifests of MANIFEST into OUT (a no-op when they are already there).
+
+    Shards are balanced by frame count and keep a sequence together unless it is longer than a shard.
+
+    \b
+    Example:
+      unsamflow-pipeline shard --manifest work/manifest.json --num-shards 64 --out work/shards
+    """
     m = Manifest.load(manifest_file)
     result = sync_shards(m, num_shards, out, force=force)
     n = len(result.paths)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from unsamflow.pipeline.commands.options import EXIT_CODES
 from unsamflow.pipeline.errors import BadInputError
 from unsamflow.pipeline.images import read_rgb, write_png
 from unsamflow.pipeline.manifest import safe_join
@@ -27,17 +28,24 @@ def render_frames(stores: Path, frame_ids: list[str], out: Path, root: Path | No
     return written
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES)
 @click.option("--stores", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Directory of mask stores (with index.json from `pipeline index`).")
 @click.option("--frame", "frames", multiple=True,
               help="Frame id (repeatable). Default: the first --count frames.")
-@click.option("--count", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--count", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Number of frames to draw (the first in index order) when no --frame is given.")
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Dataset root if it moved since segmentation (default: the root recorded in the store).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the PNGs (one per frame, named after the frame id).")
 def show(stores: Path, frames: tuple[str, ...], count: int, root: Path | None, out: Path) -> None:
-    """Masks over the image, the full segmentation and the key objects of frames, as PNG."""
+    """Masks over the image, the full segmentation and the key objects of frames, as PNG.
+
+    \b
+    Example:
+      unsamflow-pipeline show --stores work/stores --out work/pictures --frame judo/00001.jpg
+    """
     from unsamflow.pipeline.store.index import Index
 
     ids = list(frames) or Index.load(stores).frame_ids[:count]

@@ -5,29 +5,39 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from unsamflow.pipeline.commands.options import EXIT_CODES, layout_options
 from unsamflow.pipeline.errors import BadInputError
 from unsamflow.pipeline.flow.datasets import FlowDataset
 from unsamflow.pipeline.flow.io import read_flow
 from unsamflow.pipeline.flow.viz import flow_panel
 from unsamflow.pipeline.images import write_png
-from unsamflow.pipeline.layouts import LAYOUTS, scan
+from unsamflow.pipeline.layouts import scan
 
 
-@click.command("show-flow")
-@click.option("--layout", required=True, help=f"Dataset layout: {', '.join(LAYOUTS)}.")
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.command("show-flow", epilog=EXIT_CODES)
+@layout_options(required=True)
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Dataset root folder.")
 @click.option("--pair", "pair_index", type=int, default=None, help="Pair index in the scanned manifest.")
 @click.option("--frame", default=None, help="Frame id of the pair's first frame (instead of --pair).")
 @click.option("--flow", "pred", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A predicted flow (.flo / KITTI .png) to draw beside the GT with its error map.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
 @click.option("--max-flow", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Flow magnitude at full colour (fixed, so pictures compare). Default: the largest GT.")
-@click.option("-l", "--layout-option", "layout_opts", multiple=True, metavar="KEY=VALUE",
-              help="Layout option, e.g. -l passes=final -l gray=true.")
+              help="Flow magnitude (px) drawn at full colour (fixed, so pictures compare). "
+                   "Default: the largest GT vector.")
 def show_flow(layout: str, root: Path, pair_index: int | None, frame: str | None, pred: Path | None,
               out: Path, max_flow: float | None, layout_opts: tuple[str, ...]) -> None:  # fmt: skip
-    """Draw a pair of a dataset with its ground-truth flow in the Middlebury colour wheel."""
+    """Draw a pair of a dataset with its ground-truth flow in the Middlebury colour wheel.
+
+    With --flow, also the prediction and its error, and prints EPE (px) and Fl-all (% of pixels with
+    error > 3 px and > 5% of the GT magnitude) against the ground truth.
+
+    \b
+    Example:
+      unsamflow-pipeline show-flow --layout sintel-clean --root /data/MPI-Sintel --frame \\
+          training/clean/alley_1/frame_0001.png --flow pred.flo --out pair.png
+    """
     from unsamflow.pipeline.commands.options import parse_kv
 
     if pair_index is not None and frame is not None:

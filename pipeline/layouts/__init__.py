@@ -26,6 +26,7 @@ __all__ = [
     "counts",
     "expected_for",
     "get_layout",
+    "layout_names",
     "natural_key",
     "register",
     "scan",
@@ -53,6 +54,27 @@ register(synthetic.LAYOUT)
 
 _MAX_IGNORED_EXAMPLES = 20
 
+# ptlflow's dataset names, accepted wherever a layout is: name -> (layout, options it implies).
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "sintel-clean": ("sintel", {"passes": ["clean"]}),
+    "sintel-final": ("sintel", {"passes": ["final"]}),
+    "kitti-2015": ("kitti2015", {}),
+    "kitti-2012": ("kitti2012", {}),
+}
+
+
+def layout_names() -> list[str]:
+    """Every name `scan` accepts: the layouts, then ptlflow's names for them (ALIASES)."""
+    return [*LAYOUTS, *ALIASES]
+
+
+def resolve_alias(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(layout, options) for a layout or alias name; the options given override the alias's own."""
+    if name in ALIASES:
+        layout, implied = ALIASES[name]
+        return layout, {**implied, **{k: v for k, v in options.items() if v is not None}}
+    return name, options
+
 
 def scan(layout: str, root: str | Path, **options: Any) -> Manifest:
     """Scan `root` as `layout`; options left out (or None) take the layout's defaults.
@@ -60,6 +82,7 @@ def scan(layout: str, root: str | Path, **options: Any) -> Manifest:
     meta records the full options, the counts, and any files that were present but not part
     of the layout ("ignored") or selected folders that were missing ("missing_dirs").
     """
+    layout, options = resolve_alias(layout, options)
     spec = get_layout(layout)
     opts = _resolve_options(spec, options)
     root_path = Path(root)

@@ -115,6 +115,7 @@ def generate_dataset(
     parameters is refused rather than overwritten.
     """
     from tqdm import tqdm
+    from unsamflow.pipeline.progress import bar_disable
 
     if sequences < 1:
         raise BadInputError(f"--sequences must be at least 1, got {sequences}")
@@ -137,7 +138,7 @@ def generate_dataset(
     all_frames: list[Frame] = []
     all_pairs: list[Pair] = []
     made = 0
-    for i in tqdm(range(sequences), desc="synth", unit="seq", disable=not progress):
+    for i in tqdm(range(sequences), desc="synth", unit="seq", disable=bar_disable(progress)):
         marker = done_dir / f"{sequence_name(i)}.json"
         record = json.loads(marker.read_text()) if marker.is_file() else None
         if record is None or record.get("params") != params:
