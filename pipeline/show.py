@@ -73,7 +73,7 @@ def titled(panel: np.ndarray, title: str) -> np.ndarray:
 def frame_picture(image, masks, bboxes, full_seg, keys, frame_id: str, max_width: int = 1024) -> np.ndarray:
     """One RGB picture: masks over the image | full segmentation | key objects."""
     panels = [
-        titled(draw_masks(image, masks), f"{len(masks)} masks: {frame_id.rsplit('/', 1)[-1]}"),
+        titled(draw_masks(image, masks), f"{frame_id}: {len(masks)} masks"),  # the full id: names repeat
         titled(draw_labels(full_seg), f"full_seg: {int(full_seg.max()) + 1} labels"),
         titled(draw_key_objects(image, masks, bboxes, keys), f"{len(keys)} key objects"),
     ]

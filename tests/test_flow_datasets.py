@@ -140,14 +140,16 @@ def test_show_flow_command(shared_data, tmp_path):
     r = runner.invoke(main, ["show-flow", "--layout", "kitti2015", "--root", str(shared_data / "kitti2015"),
                              "--out", str(out), "--max-flow", "50"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert cv2.imread(str(out)).shape == (375, 3 * 1242 + 2 * 4, 3)
+    # titles (28 px) over the tiles, a legend row (4 + 48 px: colour wheel with its px scale) below
+    assert cv2.imread(str(out)).shape == (28 + 375 + 4 + 48, 3 * 1242 + 2 * 4, 3)
     pred = tmp_path / "pred.flo"
     shutil.copy(shared_data / "sintel/training/flow/cave_2/frame_0002.flo", pred)
     r = runner.invoke(main, ["show-flow", "--layout", "sintel", "--root", str(shared_data / "sintel"),
                              "--frame", "training/final/cave_2/frame_0002.png", "-l", "passes=final",
                              "--flow", str(pred), "--out", str(out)])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert cv2.imread(str(out)).shape == (436, 5 * 1024 + 4 * 4, 3)
+    assert cv2.imread(str(out)).shape == (28 + 436 + 4 + 48, 5 * 1024 + 4 * 4, 3)
+    assert "EPE 0.000 px, Fl-all 0.00 %" in r.output  # the prediction is the ground truth
     r = runner.invoke(main, ["show-flow", "--layout", "kitti2015", "--root", str(shared_data / "kitti2015"),
                              "--pair", "7", "--out", str(out)])  # fmt: skip
     assert r.exit_code == 2 and "--pair 7 is out of range" in r.output

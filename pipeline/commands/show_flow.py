@@ -55,6 +55,24 @@ def show_flow(layout: str, root: Path, pair_index: int | None, frame: str | None
         if flow.shape[:2] != s["img1"].shape[:2]:
             raise BadInputError(f"{pred}: flow is {flow.shape[1]}x{flow.shape[0]}, frames are "
                                 f"{s['img1'].shape[1]}x{s['img1'].shape[0]}")  # fmt: skip
-    panel = flow_panel(s["img1"], s["img2"], flow, s.get("flow"), s.get("valid"), max_flow)
+    panel = flow_panel(s["img1"], s["img2"], flow, s.get("flow"), s.get("valid"), max_flow, annotate=True)
     click.echo(f"{write_png(out, panel)}: {s['frame1']} -> {s['frame2']}"
                + ("" if "flow" in s else " (no ground truth)"))  # fmt: skip
+    if flow is not None and "flow" in s:
+        epe, fl = flow_errors(flow, s["flow"], s.get("valid"))
+        click.echo(f"EPE {epe:.3f} px, Fl-all {fl:.2f} %")
+
+
+def flow_errors(flow, gt, valid=None) -> tuple[float, float]:
+    """(mean end-point error in px, Fl-all in %: pixels with error > 3 px and > 5% of |gt|), over valid
+    pixels: KITTI's definitions, per picture."""
+    import numpy as np
+
+    ok = np.isfinite(gt).all(axis=2)
+    if valid is not None:
+        ok &= np.asarray(valid, bool)
+    err = np.linalg.norm(flow - gt, axis=2)[ok]
+    mag = np.linalg.norm(gt, axis=2)[ok]
+    if not err.size:
+        return float("nan"), float("nan")
+    return float(err.mean()), float(100 * np.mean((err > 3) & (err > 0.05 * mag)))

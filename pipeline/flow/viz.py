@@ -87,14 +87,17 @@ def flow_panel(
     valid: np.ndarray | None = None,
     max_flow: float | None = None,
     max_error: float = 5.0,
+    annotate: bool = False,
 ) -> np.ndarray:
     """frame1 | frame2 | flow | GT flow | error, side by side (RGB uint8); missing parts are left out.
 
     flow is a prediction, gt the ground truth (valid marks where it is known). With only gt, the
     panel is frame1 | frame2 | GT. One max_flow (default: the largest valid GT or flow vector) is used
-    for both flow pictures so their colours compare.
+    for both flow pictures so their colours compare. `annotate`: a title over each tile and a legend
+    row below (colour wheel with its px scale, error scale in px), see `annotate_panel`.
     """
     tiles: list[np.ndarray] = [img1, img2]
+    titles = ["frame 1", "frame 2"]
     if max_flow is None:
         ref = gt if gt is not None else flow
         if ref is not None:
@@ -104,11 +107,75 @@ def flow_panel(
             max_flow = float(mag.max()) if mag.size and mag.max() > 0 else 1.0
     if flow is not None:
         tiles.append(flow_to_color(flow, max_flow=max_flow))
+        titles.append("flow")
     if gt is not None:
         tiles.append(flow_to_color(gt, valid, max_flow=max_flow))
-    if flow is not None and gt is not None:
+        titles.append("ground truth")
+    has_error = flow is not None and gt is not None
+    if has_error:
         tiles.append(error_to_color(np.linalg.norm(flow - gt, axis=2), valid, max_error))
+        titles.append("end-point error")
+    if annotate:
+        return annotate_panel(tiles, titles, max_flow if len(tiles) > 2 else None,
+                              max_error if has_error else None)
     return hstack(tiles)
+
+
+def wheel_legend(size: int = 64) -> np.ndarray:
+    """The colour wheel as a (size, size) RGB disc: direction -> hue, |flow| -> saturation (rim = max_flow);
+    white outside the disc. Vectors point from the centre, image axes (x right, y down)."""
+    r = (np.arange(size, dtype=np.float32) - (size - 1) / 2) / ((size - 1) / 2)
+    u, v = np.meshgrid(r, r)
+    disc = flow_to_color(np.stack([u, v], axis=2), max_flow=1.0)
+    disc[u * u + v * v > 1.0] = 255
+    return disc
+
+
+def error_scale(width: int, max_error: float = 5.0, height: int = 30) -> np.ndarray:
+    """A horizontal colour bar of error_to_color from 0 to max_error px, with tick labels in px."""
+    import cv2
+
+    bar_h = max(height - 14, 4)
+    ramp = error_to_color(np.tile(np.linspace(0, max_error, width, dtype=np.float32), (bar_h, 1)),
+                          max_error=max_error)
+    out = np.full((height, width, 3), 255, np.uint8)
+    out[:bar_h] = ramp
+    for frac in (0.0, 0.5, 1.0):
+        x = int(frac * (width - 1))
+        label = f"{frac * max_error:g}" + (" px" if frac == 1.0 else "")
+        (tw, _), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.35, 1)
+        cv2.putText(out, label, (min(max(x - tw // 2, 0), width - tw), height - 3), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def annotate_panel(tiles: Sequence[np.ndarray], titles: Sequence[str], max_flow: float | None = None,
+                   max_error: float | None = None) -> np.ndarray:
+    """Tiles side by side with a title over each, and below them a legend row: the colour wheel with
+    the flow magnitude its rim stands for (when `max_flow`), the error scale in px (when `max_error`)."""
+    import cv2
+    from unsamflow.pipeline.show import titled
+
+    body = hstack([titled(t, s) for t, s in zip(tiles, titles, strict=True)])
+    width = body.shape[1]
+    parts = []
+    if max_flow is not None:
+        wheel = wheel_legend(48)
+        text = np.full((48, min(260, max(width - 48, 1)), 3), 255, np.uint8)
+        cv2.putText(text, "hue: direction", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(text, f"rim: |flow| >= {max_flow:.3g} px", (6, 38), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+        parts += [wheel, text]
+    if max_error is not None:
+        scale = error_scale(min(240, width), max_error, 30)
+        pad = np.full((48, scale.shape[1], 3), 255, np.uint8)
+        pad[9:39] = scale
+        parts += [np.full((48, 12, 3), 255, np.uint8), pad]
+    if not parts:
+        return body
+    row = np.concatenate(parts, axis=1)[:, :width]
+    row = np.concatenate([row, np.full((48, width - row.shape[1], 3), 255, np.uint8)], axis=1)
+    return np.concatenate([body, np.full((4, width, 3), 255, np.uint8), row], axis=0)
 
 
 def hstack(tiles: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
