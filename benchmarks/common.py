@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+TRACKED = Path(__file__).resolve().parent / "results"  # the figures the repository ships
+
+
+def updating() -> bool:
+    """True when a run may replace the tracked figures: `make bench UPDATE=1` or UNSAMFLOW_BENCH_UPDATE=1."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes")
+               for k in ("UNSAMFLOW_BENCH_UPDATE", "UPDATE"))
+
+
+def results_dir() -> Path:
+    """Where this run writes: the tracked folder only when updating; else UNSAMFLOW_BENCH_RESULTS or a
+    fixed folder under the system temp dir (shared by the benchmarks of one `make bench`)."""
+    if updating():
+        return TRACKED
+    return Path(os.environ.get("UNSAMFLOW_BENCH_RESULTS") or Path(tempfile.gettempdir()) / "unsamflow-bench")
+
+
+RESULTS = results_dir()
 
 
 def machine() -> dict:
@@ -33,6 +52,9 @@ def write_results(name: str, rows: list[dict], notes: str = "") -> Path:
         lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
     md = RESULTS / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
+    if RESULTS != TRACKED:
+        print(f"{name}: results in {RESULTS} (the tracked {TRACKED.name}/ is unchanged; UPDATE=1 updates it)",
+              flush=True)
     return md
 
 
