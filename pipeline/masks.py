@@ -96,7 +96,7 @@ class CropMasks:
 def over_budget(shape: tuple[int, int], n: int, seen: int, used: int, budget: int) -> str:
     H, W = shape
     return (
-        f"out of memory budget: a {W}x{H} frame with {n} masks needs more than {fmt_bytes(budget)} "
+        f"out of memory budget: a {H}x{W} (HxW) frame with {n} masks needs more than {fmt_bytes(budget)} "
         f"(the per-frame budget, --frame-memory): {fmt_bytes(used)} after {seen} of {n} masks "
         f"(stacked at full size they would take {fmt_bytes(n * H * W)}); raise --frame-memory, or make the "
         "segmenter return fewer masks or work on a downscaled frame"

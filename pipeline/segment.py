@@ -109,7 +109,7 @@ def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | 
     if budget is not None and callable(peak) and peak(shape) > budget:
         raise BadFrameError(
             frame_id, f"out of memory budget: segmenter {spec.name!r} needs about {fmt_bytes(peak(shape))} "
-            f"for a {shape[1]}x{shape[0]} frame, over the per-frame budget of {fmt_bytes(budget)} "
+            f"for a {shape[0]}x{shape[1]} (HxW) frame, over the per-frame budget of {fmt_bytes(budget)} "
             "(--frame-memory); raise it or lower the segmenter's batch size")
     call = getattr(seg, "segment_compact", seg)  # run-length masks where the segmenter offers them
     try:
@@ -117,7 +117,7 @@ def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | 
     except Exception as exc:
         if _is_out_of_memory(exc):
             raise BadFrameError(frame_id, f"out of memory in segmenter {spec.name!r} for a "
-                                f"{shape[1]}x{shape[0]} frame: {type(exc).__name__}: {exc}") from None
+                                f"{shape[0]}x{shape[1]} (HxW) frame: {type(exc).__name__}: {exc}") from None
         raise
     if check:  # a plug-in's records must not reach the store malformed
         check_records(records, shape, spec.name)
@@ -125,7 +125,7 @@ def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | 
         masks = CropMasks.from_records(records, shape, budget, frame_id)
     except MemoryError:
         raise BadFrameError(frame_id, f"out of memory converting {len(records)} masks of a "
-                            f"{shape[1]}x{shape[0]} frame") from None
+                            f"{shape[0]}x{shape[1]} (HxW) frame") from None
     meta = [{k: v for k, v in r.items() if k != "segmentation"} for r in records]
     return meta, masks
 
@@ -230,7 +230,7 @@ def segment_shard(
                                  full_seg=full_seg, key_objects=key_idx, masks=masks)
             except MemoryError:  # add_frame checks everything before it appends: the store is intact
                 bad(frame_id, f"out of memory deriving or writing {len(records)} masks of a "
-                              f"{shape[1]}x{shape[0]} frame")
+                              f"{shape[0]}x{shape[1]} (HxW) frame")
                 return
             except StoreError as exc:  # this frame's records do not fit the store format
                 bad(frame_id, str(exc))

@@ -122,7 +122,7 @@ def test_bad_pairs_are_reported_by_name(shared_data, tmp_path):
     with pytest.raises(BadInputError, match="nope.flo"):
         FlowDataset(mixed)[0]
     shutil.copy(root / "training/flow/cave_2/frame_0002.flo", tmp_path / "f.flo")
-    with pytest.raises(BadInputError, match=r"f.flo: flow is 1024x436, frames are 12x10"):
+    with pytest.raises(BadInputError, match=r"f.flo: flow is 436x1024 \(HxW\), frames are 10x12"):
         FlowDataset(Manifest("x", str(tmp_path), [], [Pair("small.png", "small.png", flow="f.flo")]))[0]
     shutil.copy(root / a, tmp_path / "big.png")
     with pytest.raises(BadFrameError, match="differs"):

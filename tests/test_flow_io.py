@@ -187,7 +187,7 @@ def test_mask_png_round_trip_and_size_check(tmp_path):
     path = write_mask_png(tmp_path / "m.png", mask)
     assert set(np.unique(cv2.imread(str(path), cv2.IMREAD_UNCHANGED))) == {0, 255}
     np.testing.assert_array_equal(read_mask_png(path), mask)
-    with pytest.raises(BadInputError, match="expected 7x5"):
+    with pytest.raises(BadInputError, match="expected 5x7"):
         read_mask_png(path, (5, 7))
 
 

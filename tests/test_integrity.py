@@ -348,7 +348,7 @@ def test_damaged_stores_are_refused_by_run_and_exactly_verifys_shards_are_redone
     # `run` indexes with its manifest: the bad pair (c's frames differ in size) is in index.json.
     pairs = json.loads((stores / INDEX_NAME).read_text())["bad_pairs"]
     assert pairs == [{"frame1": "c/000.png", "frame2": "c/001.png",
-                      "reason": "frame sizes differ (32x24 vs 32x20)"}]
+                      "reason": "frame sizes differ (24x32 vs 20x32, HxW)"}]
 
 
 # -- the index command takes the output lock ------------------------------------------------------------

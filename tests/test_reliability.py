@@ -153,7 +153,7 @@ def test_frame_over_the_memory_budget_is_bad_and_its_shard_goes_on(tmp_path):
     stats = segment_shard(str(shard), str(tmp_path / "st.h5"), spec, DeriveConfig().to_dict(), 8 << 20)
     assert stats["frames"] == 2 and list(stats["bad"]) == [ids[1]], stats
     reason = stats["bad"][ids[1]]
-    assert "out of memory budget" in reason and "800x600" in reason and "50 masks" in reason
+    assert "out of memory budget" in reason and "600x800 (HxW)" in reason and "50 masks" in reason
     assert "8.0 MiB" in reason and "--frame-memory" in reason
     with MaskStore(tmp_path / "st.h5") as ms:
         assert ms.frame_ids == [ids[0], ids[2]] and ms.bad_frames == {ids[1]: reason}
@@ -195,7 +195,8 @@ def test_a_frame_that_fails_in_the_segmenter_is_bad_alone(tmp_path):
         spec = SegmenterSpec("plugin_segmenter:make_many", {"n": 3, "fail_width": 40, "fail": fail})
         stats = segment_shard(str(shard), str(tmp_path / f"{fail}.h5"), spec, DeriveConfig().to_dict(), None)
         assert stats["frames"] == 2 and list(stats["bad"]) == [ids[1]], stats
-        assert fail in stats["bad"][ids[1]] and "40x20" in stats["bad"][ids[1]]
+        reason = stats["bad"][ids[1]]  # our words for MemoryError (HxW); the plug-in's own for RuntimeError
+        assert fail in reason and ("20x40 (HxW)" if fail == "MemoryError" else "40x20") in reason
 
 
 def test_when_every_shard_fails_the_run_says_so_with_the_first_reason(tmp_path):

@@ -79,6 +79,31 @@ def test_sample_joins_frames_stores_and_gt(tiny_train_set):
         assert s["flow"].shape == (2, 64, 128) and s["valid"].all() and s["occ"].dtype == torch.bool
 
 
+def test_resize_zooms_frames_labels_keys_and_gt_together(tiny_train_set):
+    """data.resize (the reference's KITTI protocol: whole frames zoomed to the test size): frames
+    bilinear as evaluation resizes them, full_seg and key masks nearest, GT flow scaled."""
+    from unsamflow.trainer.evaluation.padding import resize_images, resize_labels
+
+    size = (32, 96)  # from 64 x 128: y / 2, x * 3 / 4
+    ds = tiny(tiny_train_set.root, tiny_train_set.stores, transform=CoTransformConfig(resize=size))
+    plain = tiny(tiny_train_set.root, tiny_train_set.stores)
+    s, p = ds[0], plain[0]
+    assert s["img1"].shape == (3, *size) and s["img1"].dtype == torch.float32
+    assert torch.allclose(s["img1"], resize_images(p["img1"][None], size)[0], atol=1e-6)
+    assert torch.equal(s["full_seg2"], resize_labels(p["full_seg2"][None], size)[0])
+    n = int(s["key_count"])
+    assert n == int(p["key_count"]) > 0 and s["key_masks"].shape[-2:] == size
+    assert torch.equal(s["key_masks"][:n], resize_labels(p["key_masks"][None, :n], size)[0])
+    nearest = resize_labels(p["flow"][None], size)[0]
+    assert torch.allclose(s["flow"], nearest * torch.tensor([0.75, 0.5]).view(2, 1, 1))
+    cropped = tiny(tiny_train_set.root, tiny_train_set.stores,
+                   transform=CoTransformConfig((32, 64), resize=(48, 96)))[0]
+    assert cropped["img1"].shape == (3, 32, 64) and cropped["full_seg1"].shape == (32, 64)
+    with pytest.raises(BadInputError, match="resized to 96x48, smaller than the crop 128x64"):
+        tiny(tiny_train_set.root, tiny_train_set.stores,
+             transform=CoTransformConfig((64, 128), resize=(48, 96)))
+
+
 def test_without_stores_gives_zero_masks(tiny_train_set):
     ds = tiny(tiny_train_set.root, None, transform=CoTransformConfig(CROP), max_key_objects=3)
     s = ds[0]
@@ -197,7 +222,8 @@ def test_pair_of_different_sizes_fails_then_is_left_out_once_recorded(private_se
     report = verify(stores, manifest, progress=False)
     assert not report.ok and report.only_bad_frames
     assert set(report.bad_pairs) == set(pairs[:2])
-    assert report.lines[0] == f"bad pair '{pairs[0][0]}' -> '{middle}': frame sizes differ (128x64 vs 136x72)"
+    assert report.lines[0] == (f"bad pair '{pairs[0][0]}' -> '{middle}': "
+                               "frame sizes differ (64x128 vs 72x136, HxW)")
     assert "2 bad pairs" in report.summary()
 
     res = CliRunner().invoke(pipeline_cli, ["index", "--stores", str(stores), "--manifest",

@@ -53,8 +53,8 @@ def show_flow(layout: str, root: Path, pair_index: int | None, frame: str | None
     if pred is not None:
         flow, _ = read_flow(pred)
         if flow.shape[:2] != s["img1"].shape[:2]:
-            raise BadInputError(f"{pred}: flow is {flow.shape[1]}x{flow.shape[0]}, frames are "
-                                f"{s['img1'].shape[1]}x{s['img1'].shape[0]}")  # fmt: skip
+            raise BadInputError(f"{pred}: flow is {flow.shape[0]}x{flow.shape[1]} (HxW), frames are "
+                                f"{s['img1'].shape[0]}x{s['img1'].shape[1]}")  # fmt: skip
     panel = flow_panel(s["img1"], s["img2"], flow, s.get("flow"), s.get("valid"), max_flow, annotate=True)
     click.echo(f"{write_png(out, panel)}: {s['frame1']} -> {s['frame2']}"
                + ("" if "flow" in s else " (no ground truth)"))  # fmt: skip

@@ -76,8 +76,8 @@ class FlowDataset:
         img1, _ = read_rgb(m.path(pair.frame1), pair.frame1)
         img2, _ = read_rgb(m.path(pair.frame2), pair.frame2)
         if img1.shape != img2.shape:
-            raise BadFrameError(pair.frame2, f"size {img2.shape[1]}x{img2.shape[0]} differs from "
-                                f"{pair.frame1} ({img1.shape[1]}x{img1.shape[0]})")  # fmt: skip
+            raise BadFrameError(pair.frame2, f"size {img2.shape[0]}x{img2.shape[1]} (HxW) differs from "
+                                f"{pair.frame1} ({img1.shape[0]}x{img1.shape[1]})")  # fmt: skip
         shape = img1.shape[:2]
         sample: dict[str, Any] = {"frame1": pair.frame1, "frame2": pair.frame2, "img1": img1, "img2": img2}
         if pair.flow:
@@ -98,8 +98,8 @@ class FlowDataset:
         path = self.manifest.path(rel)
         flow, valid = read_flow(path)
         if flow.shape[:2] != shape:
-            raise BadInputError(f"{path}: flow is {flow.shape[1]}x{flow.shape[0]}, "
-                                f"frames are {shape[1]}x{shape[0]}")  # fmt: skip
+            raise BadInputError(f"{path}: flow is {flow.shape[0]}x{flow.shape[1]} (HxW), "
+                                f"frames are {shape[0]}x{shape[1]}")  # fmt: skip
         return flow, valid
 
     def _kitti_occlusion(self, pair: Pair, valid_occ: np.ndarray) -> np.ndarray | None:

@@ -45,12 +45,13 @@ def read_flo(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise BadInputError(f"{path}: not a .flo file (magic {magic!r}, expected {FLO_MAGIC})")
     w, h = (int(v) for v in np.frombuffer(data, "<i4", 2, 4))
     if not (0 < w <= MAX_DIM and 0 < h <= MAX_DIM):
-        raise BadInputError(f"{path}: .flo header has nonsense dimensions {w} x {h}")
+        raise BadInputError(f"{path}: .flo header has nonsense dimensions {h}x{w} (HxW)")
     need = 12 + 8 * w * h
     if len(data) < need:
-        raise BadInputError(f"{path}: .flo file truncated ({len(data)} bytes, {w}x{h} needs {need})")
+        raise BadInputError(f"{path}: .flo file truncated ({len(data)} bytes, {h}x{w} (HxW) needs {need})")
     if len(data) > need:
-        raise BadInputError(f"{path}: .flo file has {len(data) - need} trailing bytes after {w}x{h} flow")
+        raise BadInputError(f"{path}: .flo file has {len(data) - need} trailing bytes after {h}x{w} (HxW) "
+                            "flow")
     flow = np.frombuffer(data, "<f4", 2 * w * h, 12).reshape(h, w, 2).astype(np.float32)
     return _split_unknown(flow)
 
@@ -103,7 +104,8 @@ def read_mask_png(path: str | Path, shape: tuple[int, int] | None = None) -> np.
     if img.ndim == 3:
         img = img[..., 0]
     if shape is not None and img.shape != tuple(shape):
-        raise BadInputError(f"{path}: mask is {img.shape[1]}x{img.shape[0]}, expected {shape[1]}x{shape[0]}")
+        raise BadInputError(f"{path}: mask is {img.shape[0]}x{img.shape[1]} (HxW), "
+                            f"expected {shape[0]}x{shape[1]}")
     return img > 127
 
 
@@ -125,8 +127,8 @@ def read_label_png(path: str | Path, shape: tuple[int, int] | None = None) -> np
             f"{path}: a label map must be a single-channel 8/16-bit PNG, got shape {img.shape} {img.dtype}"
         )
     if shape is not None and img.shape != tuple(shape):
-        want = f"{shape[1]}x{shape[0]}"
-        raise BadInputError(f"{path}: labels are {img.shape[1]}x{img.shape[0]}, expected {want}")
+        want = f"{shape[0]}x{shape[1]}"
+        raise BadInputError(f"{path}: labels are {img.shape[0]}x{img.shape[1]} (HxW), expected {want}")
     return img.astype(np.uint16)
 
 

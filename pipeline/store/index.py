@@ -78,7 +78,7 @@ def find_bad_pairs(pairs: list[Pair], shapes: dict[str, tuple[int, int]],
             out[p.frame1, p.frame2] = f"frame {bad[0]!r} is bad: {bad_frames[bad[0]]}"
         elif p.frame1 in shapes and p.frame2 in shapes and shapes[p.frame1] != shapes[p.frame2]:
             (h1, w1), (h2, w2) = shapes[p.frame1], shapes[p.frame2]
-            out[p.frame1, p.frame2] = f"frame sizes differ ({w1}x{h1} vs {w2}x{h2})"
+            out[p.frame1, p.frame2] = f"frame sizes differ ({h1}x{w1} vs {h2}x{w2}, HxW)"
     return out
 
 
