@@ -84,3 +84,34 @@ def test_every_command_documents_exit_statuses():
     for name in main.commands:
         text = CliRunner().invoke(main, [name, "--help"]).output
         assert "Exit status" in text or "exit status" in text.lower(), name
+
+
+def test_one_layout_syntax_a_choice_list_and_ptlflow_names(tmp_path, shipped_data):
+    runner = CliRunner()
+    root = str(shipped_data / "sintel")
+    base = ["manifest", "--root", root, "--allow-partial"]
+    res = runner.invoke(main, [*base, "--layout", "sintel-clean", "--out", str(tmp_path / "a.json")])
+    assert res.exit_code == 0, res.output
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert a["layout"] == "sintel" and a["meta"]["options"]["passes"] == ["clean"]
+    res = runner.invoke(main, [*base, "--layout", "sintel", "-l", "passes=clean", "--out",
+                               str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b.json").read_text())["frames"] == a["frames"]  # the same manifest
+    res = runner.invoke(main, [*base, "--layout", "sintel-cleen", "--out", str(tmp_path / "c.json")])
+    assert res.exit_code == 2 and "sintel-clean" in res.output  # a choice list: the valid names are shown
+    for cmd in ("manifest", "run", "show-flow"):
+        text = runner.invoke(main, [cmd, "--help"]).output
+        assert "-l, --layout-option KEY=VALUE" in text and "kitti-2015" in text, cmd
+
+
+def test_segmenters_explains_options_and_makes_the_smoke_checkpoint(tmp_path):
+    runner = CliRunner()
+    text = runner.invoke(main, ["segmenters"]).output
+    assert "pred_iou_thresh = 0.88" in text and "predicted mask quality" in text
+    assert "longer side of the working image" in text  # graph's own docstring
+    res = runner.invoke(main, ["segmenters", "--tiny-checkpoint", str(tmp_path / "tiny.pth")])
+    assert res.exit_code == 0 and (tmp_path / "tiny.pth").is_file()
+    from unsamflow.pipeline.segmenters.sam import load_sam_state_dict
+
+    assert load_sam_state_dict(tmp_path / "tiny.pth", "vit_tiny")
