@@ -83,6 +83,8 @@ def test_reference_schedule_and_dataset_values():
         assert cfg.loss.hg.ransac_thresh == thresh and cfg.loss.hg.num_regions == 6
         assert (cfg.loss.aug.eps, cfg.loss.aug.q) == (0.0, 1.0)
         assert cfg.data.crop == crop and cfg.augment.occlusion_crop == occ_crop
+        # the reference zooms whole KITTI frames to 256 x 832 (no crop); Sintel takes random crops
+        assert cfg.data.resize == ((256, 832) if dataset == "kitti" else None)
         assert cfg.augment.spatial.hflip and cfg.augment.spatial.vflip == vflip
         assert cfg.model.mask_features
     kitti, sintel = load_config("kitti-base"), load_config("sintel-base")
@@ -109,8 +111,8 @@ def test_inheritance_changes_exactly_the_expected_keys(dataset):
 def test_kitti_and_sintel_differ_only_in_dataset_values():
     keys = diff_keys(load_config("kitti-base"), load_config("sintel-base"))
     assert keys == {
-        "name", "description", "data.dataset", "data.crop", "data.val_dataset", "loss.hg.ransac_thresh",
-        "augment.spatial.zoom", "augment.spatial.squeeze", "augment.spatial.rotate",
+        "name", "description", "data.dataset", "data.resize", "data.crop", "data.val_dataset",
+        "loss.hg.ransac_thresh", "augment.spatial.zoom", "augment.spatial.squeeze", "augment.spatial.rotate",
         "augment.spatial.translate", "augment.spatial.vflip", "augment.occlusion_crop",
     }
 
@@ -173,6 +175,8 @@ def test_a_plain_path_is_the_root_and_masks_of_every_component():
     ("data.crop=[250,832]", "data.crop: must be positive multiples of 64"),
     ("data.crop=[64]", "data.crop: must be a list of 2 integers, got [64]"),
     ("data.crop=[128,256]", "augment.occlusion_crop: must fit in data.crop [128, 256], got [192, 640]"),
+    ("data.resize=[200,832]", "data.crop: must fit in data.resize [200, 832], got [256, 832]"),
+    ("data.resize=[0,832]", "data.resize: must be positive, got [0, 832]"),
     ("data.hflip=maybe", "data.hflip: must be true or false, got 'maybe'"),
     ("data.dataset=kitti-2015-multiview+no", "data.dataset: dataset mix 'kitti-2015-multiview+no': unknown"),
     ("data.roots=3", "data.roots: must be a mapping of strings to strings, got 3"),

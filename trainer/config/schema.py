@@ -40,6 +40,10 @@ def _sizes(v: tuple[int, int]) -> str | None:
     return None
 
 
+def _positive(v: tuple[int, int]) -> str | None:
+    return None if all(x > 0 for x in v) else f"must be positive, got {list(v)}"
+
+
 def _dataset_spec(spec: str) -> str | None:
     """A mix in trainer/data's grammar ('sintel-clean+sintel-final', 'kitti-2015-multiview*2+...')."""
     from unsamflow.trainer.data.mixes import parse_mix  # one grammar; lazy, as it brings torch
@@ -65,6 +69,8 @@ class DataConfig(Section):
     dataset: str = field("synthetic", check=_dataset_spec)  # a mix: names joined by '+', NAME*N repeats
     roots: dict[str, str] = field(factory=dict)
     masks: dict[str, str] | None = None
+    # frames resized to (h, w) before the crop (KITTI: whole frames zoomed to 256 x 832); null: native size
+    resize: tuple[int, int] | None = field(None, check=lambda v: None if v is None else _positive(v))
     crop: tuple[int, int] = field((256, 832), check=_sizes)  # random crop (h, w)
     hflip: bool = True  # random horizontal flip of the pair
     vflip: bool = False  # random vertical flip of the pair
@@ -224,7 +230,9 @@ class TrainConfig(Section):
             raise ConfigError("config_version", f"this config has version {self.config_version}; "
                                                 f"this unsamflow reads version {CONFIG_VERSION}")
         self._validate_stages()
-        crop, occ = self.data.crop, self.augment.occlusion_crop
+        crop, occ, resize = self.data.crop, self.augment.occlusion_crop, self.data.resize
+        if resize is not None and (crop[0] > resize[0] or crop[1] > resize[1]):
+            raise ConfigError("data.crop", f"must fit in data.resize {list(resize)}, got {list(crop)}")
         if occ[0] > crop[0] or occ[1] > crop[1]:
             raise ConfigError("augment.occlusion_crop",
                               f"must fit in data.crop {list(crop)}, got {list(occ)}")

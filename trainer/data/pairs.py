@@ -34,7 +34,15 @@ from unsamflow.pipeline.manifest import Pair
 from unsamflow.pipeline.store import Index, MaskStore
 from unsamflow.trainer.data.checks import StoredFrame, check_files, image_size
 from unsamflow.trainer.data.mixes import MixPart, lookup, parse_mix
-from unsamflow.trainer.data.transforms import CoTransformConfig, Plan, apply, apply_flow, draw_plan
+from unsamflow.trainer.data.transforms import (
+    CoTransformConfig,
+    Plan,
+    apply,
+    apply_flow,
+    draw_plan,
+    resize_array,
+    resize_flow_array,
+)
 
 MAX_LISTED = 20  # problems listed in one error; the rest are counted
 
@@ -110,18 +118,20 @@ class PairDataset(torch.utils.data.Dataset):
             if raw["img1"].shape != raw["img2"].shape:
                 (h1, w1), (h2, w2) = raw["img1"].shape[:2], raw["img2"].shape[:2]
                 raise BadFrameError(pair.frame2, f"size {w2}x{h2} differs from {pair.frame1} ({w1}x{h1})")
-        plan = draw_plan(self.transform, raw["img1"].shape[:2], rng, pair.frame1)
+        size = self.transform.size_of(raw["img1"].shape[:2])
+        plan = draw_plan(self.transform, size, rng, pair.frame1)
         f1, f2 = (pair.frame2, pair.frame1) if plan.swap else (pair.frame1, pair.frame2)
         img1, img2 = (raw["img2"], raw["img1"]) if plan.swap else (raw["img1"], raw["img2"])
-        out: dict[str, Any] = {"img1": _image_tensor(img1, plan), "img2": _image_tensor(img2, plan)}
-        out.update(self._masks(comp.index, f1, f2, raw["img1"].shape[:2], plan, rng))
+        out: dict[str, Any] = {"img1": _image_tensor(img1, plan, size),
+                               "img2": _image_tensor(img2, plan, size)}
+        out.update(self._masks(comp.index, f1, f2, raw["img1"].shape[:2], plan, rng, size))
         if self.gt:
-            out.update(_gt(raw, plan, self.occ))
+            out.update(_gt(raw, plan, self.occ, size))
         out["frame1"], out["frame2"] = f1, f2
         return out
 
     def _masks(self, index: Index | None, f1: str, f2: str, shape: tuple[int, int], plan: Plan,
-               rng: np.random.Generator) -> dict[str, torch.Tensor]:
+               rng: np.random.Generator, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         k, h, w = self.max_key_objects, plan.height, plan.width
         if index is None:
             zeros = torch.zeros((h, w), dtype=torch.int64)
@@ -129,13 +139,13 @@ class PairDataset(torch.utils.data.Dataset):
                     "key_masks": torch.zeros((k, h, w), dtype=torch.bool), "key_count": torch.tensor(0)}
         store1, row1 = index.store_for(f1)
         store2, row2 = index.store_for(f2)
-        seg1 = _seg(store1, row1, f1, shape, plan)
-        seg2 = _seg(store2, row2, f2, shape, plan)
+        seg1 = _seg(store1, row1, f1, shape, plan, size)
+        seg2 = _seg(store2, row2, f2, shape, plan, size)
         keys = np.zeros((k, h, w), bool)
         ids = store1.read_key_objects(row1)
         n = 0
         if k and ids.size:
-            masks = apply(store1.read_masks(row1, ids), plan)
+            masks = apply(resize_array(store1.read_masks(row1, ids), size), plan)
             masks = masks[masks.reshape(len(masks), -1).any(1)]  # none cut away entirely by the crop
             if len(masks) > k:
                 masks = masks[np.sort(rng.choice(len(masks), size=k, replace=False))]
@@ -155,20 +165,32 @@ def _read(dataset: FlowDataset, frame_id: str) -> np.ndarray:
     return decode_rgb(data, frame_id)
 
 
-def _image_tensor(img: np.ndarray, plan: Plan) -> torch.Tensor:
+def _image_tensor(img: np.ndarray, plan: Plan, size: tuple[int, int] | None = None) -> torch.Tensor:
+    if size is not None and tuple(img.shape[:2]) != tuple(size):  # bilinear, as evaluation resizes
+        from unsamflow.trainer.evaluation.padding import resize_images
+
+        x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float().div_(255.0)
+        img = resize_images(x[None], size)[0].permute(1, 2, 0).numpy()
+        return torch.from_numpy(np.ascontiguousarray(apply(img, plan, channels_last=True).transpose(2, 0, 1)))
     x = np.ascontiguousarray(apply(img, plan, channels_last=True).transpose(2, 0, 1))
     return torch.from_numpy(x).float().div_(255.0)
 
 
-def _seg(store: MaskStore, row: int, frame_id: str, shape: tuple[int, int], plan: Plan) -> torch.Tensor:
+def _seg(store: MaskStore, row: int, frame_id: str, shape: tuple[int, int], plan: Plan,
+         size: tuple[int, int] | None = None) -> torch.Tensor:
     seg = store.read_full_seg(row)
     if seg.shape != tuple(shape):
         raise StoreError(f"frame {frame_id!r}: {store.path.name} has it at {seg.shape[1]}x{seg.shape[0]}, "
                          f"the file is {shape[1]}x{shape[0]}")
+    if size is not None:
+        seg = resize_array(seg, size)
     return torch.from_numpy(apply(seg, plan).astype(np.int64))
 
 
-def _gt(raw: dict, plan: Plan, occ: bool) -> dict[str, torch.Tensor]:
+def _gt(raw: dict, plan: Plan, occ: bool, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    if size is not None and tuple(raw["flow"].shape[:2]) != tuple(size):
+        raw = {"flow": resize_flow_array(raw["flow"], size), "valid": resize_array(raw["valid"], size),
+               **({"occ": resize_array(raw["occ"], size)} if occ else {})}
     h, w = plan.height, plan.width
     if plan.swap:  # the forward flow of the swapped pair is unknown: nothing of it is valid
         out = {"flow": torch.zeros((2, h, w)), "valid": torch.zeros((h, w), dtype=torch.bool)}
@@ -243,8 +265,10 @@ def _check_component(comp: Component, transform: CoTransformConfig, check: str, 
             problems.append((BadInputError, f"{where}: frame {p.frame2!r} is {s2[1]}x{s2[0]} but its pair's "
                              f"frame {p.frame1!r} is {s1[1]}x{s1[0]} (to leave such pairs out, record them: "
                              f"`pipeline index --stores DIR --manifest FILE`)"))
-        elif crop and (crop[0] > s1[0] or crop[1] > s1[1]):
-            problems.append((BadInputError, f"{where}: frame {p.frame1!r} is {s1[1]}x{s1[0]}, smaller than "
+        elif crop and (crop[0] > transform.size_of(s1)[0] or crop[1] > transform.size_of(s1)[1]):
+            what = f"resized to {transform.resize[1]}x{transform.resize[0]}" if transform.resize else \
+                f"{s1[1]}x{s1[0]}"
+            problems.append((BadInputError, f"{where}: frame {p.frame1!r} is {what}, smaller than "
                              f"the crop {crop[1]}x{crop[0]}"))
     return problems
 

@@ -1,7 +1,8 @@
 """Co-transforms of one sample: the same crop and flips for frames, label maps, key masks and GT flow.
 
-Only integer crops and flips (plus the frame-order swap), so label maps and masks stay exact
-("nearest" by construction) and flow stays exact: a horizontal flip mirrors the field and negates u,
+Besides an optional resize of whole frames (labels and masks nearest), only integer crops and flips
+(plus the frame-order swap), so label maps and masks stay exact ("nearest" by construction) and flow
+stays exact: a horizontal flip mirrors the field and negates u,
 a vertical flip negates v, a crop only slices. Appearance changes and the ARFlow affine pass are the
 engine's (trainer/augment, on the batch).
 
@@ -19,7 +20,9 @@ from unsamflow.pipeline.errors import BadInputError
 
 @dataclass(frozen=True)
 class CoTransformConfig:
-    """crop: (H, W) of a random crop (None: whole frames, which must then share one size per batch);
+    """resize: (H, W) every frame is first resized to (bilinear; labels and key masks nearest), as the
+    reference does for KITTI (whole frames zoomed to 256 x 832, the test size, no crop); None: native.
+    crop: (H, W) of a random crop (None: whole frames, which must then share one size per batch);
     hflip / vflip: mirror with probability 1/2; swap: exchange the frames with probability 1/2.
 
     Ground-truth forward flow of a swapped pair is unknown (only the backward flow would do), so a
@@ -30,13 +33,20 @@ class CoTransformConfig:
     hflip: bool = False
     vflip: bool = False
     swap: bool = False
+    resize: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.crop is not None:
-            crop = tuple(int(c) for c in self.crop)
-            if len(crop) != 2 or min(crop) < 1:
-                raise BadInputError(f"crop must be (height, width) of positive integers, got {self.crop!r}")
-            object.__setattr__(self, "crop", crop)
+        for name in ("crop", "resize"):
+            value = getattr(self, name)
+            if value is not None:
+                size = tuple(int(c) for c in value)
+                if len(size) != 2 or min(size) < 1:
+                    raise BadInputError(f"{name} must be (height, width) of positive integers, got {value!r}")
+                object.__setattr__(self, name, size)
+
+    def size_of(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """The (H, W) a frame of `shape` has after the resize (before the crop)."""
+        return self.resize if self.resize is not None else (int(shape[0]), int(shape[1]))
 
 
 @dataclass(frozen=True)
@@ -87,4 +97,24 @@ def apply_flow(flow: np.ndarray, plan: Plan) -> np.ndarray:
         out[..., 0] *= -1
     if plan.vflip:
         out[..., 1] *= -1
+    return out
+
+
+def resize_array(x: np.ndarray, size: tuple[int, int], channels_last: bool = False) -> np.ndarray:
+    """Nearest resize of labels or masks whose last two axes are (H, W) (or (H, W, C)) to size."""
+    yx = (x.ndim - 3, x.ndim - 2) if channels_last else (x.ndim - 2, x.ndim - 1)
+    h, w = x.shape[yx[0]], x.shape[yx[1]]
+    if (h, w) == tuple(size):
+        return x
+    rows = ((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64)
+    cols = ((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64)
+    return np.take(np.take(x, rows, axis=yx[0]), cols, axis=yx[1])
+
+
+def resize_flow_array(flow: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest resize of an (H, W, 2) flow field (sparse GT stays exact), u / v scaled to the new size."""
+    h, w = flow.shape[:2]
+    out = np.array(resize_array(flow, size, channels_last=True), np.float32)
+    out[..., 0] *= size[1] / w
+    out[..., 1] *= size[0] / h
     return out

@@ -66,7 +66,8 @@ def build_train_set(cfg: Any):
     if d.masks is None and (cfg.model.mask_features or any(s.key_aug or s.w_hg > 0 for s in cfg.stages)):
         raise BadInputError("data.masks: this config uses masks (+mf, +aug or +hg) but no mask store is "
                             "given (data.masks.KEY=STORE_DIR)")  # fmt: skip
-    transform = CoTransformConfig(crop=tuple(d.crop), hflip=d.hflip, vflip=d.vflip, swap=d.swap)
+    transform = CoTransformConfig(crop=tuple(d.crop), hflip=d.hflip, vflip=d.vflip, swap=d.swap,
+                                  resize=tuple(d.resize) if d.resize is not None else None)  # fmt: skip
     return open_pairs(d.dataset, d.roots, d.masks, transform=transform, max_key_objects=d.max_key_objects,
                       gt=False, check=d.check, seed=cfg.seed)  # fmt: skip
 
