@@ -106,6 +106,27 @@ def test_stage_occlusion_estimate_range_then_forward_backward():
     assert not torch.equal(occ0, occ1)
 
 
+def test_training_evaluation_uses_the_datasets_test_size(tiny_train_set, monkeypatch):
+    """The evaluation during training resizes frames to the method's test size of the dataset (KITTI
+    256x832, Sintel 448x1024), as `evaluate` does by default, not the native size."""
+    from unsamflow.trainer.engine.run import build_evaluator, model_args
+    from unsamflow.trainer.evaluation import padding, predictors
+    from unsamflow.trainer.model import PWCLite
+
+    seen = []
+
+    class Recording(predictors.NetworkPredictor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.test_size)
+
+    monkeypatch.setitem(padding.TEST_SIZES, "synthetic", (64, 64))
+    monkeypatch.setattr(predictors, "NetworkPredictor", Recording)
+    cfg = tiny_config(tiny_train_set, "data.val_dataset=synthetic")
+    metrics = build_evaluator(cfg, torch.device("cpu"))(PWCLite(**model_args(cfg)))
+    assert seen == [(64, 64)] and metrics["dataset"] == "synthetic"
+
+
 def test_amp_and_channels_last_refused_on_cpu(tiny_train_set, tmp_path):
     from unsamflow.pipeline.errors import BadInputError
     from unsamflow.trainer.engine.run import prepare

@@ -74,12 +74,15 @@ def build_train_set(cfg: Any):
 
 def build_evaluator(cfg: Any, device: torch.device):
     """A function model -> metrics on data.val_dataset (None when there is none). Each rank evaluates
-    its share of the pairs; the metric sums are all-reduced, so every rank gets the full result."""
+    its share of the pairs; the metric sums are all-reduced, so every rank gets the full result.
+    Frames are resized to the method's test size of the dataset (KITTI 256x832, Sintel 448x1024; others
+    native), as `evaluate` does by default, so the numbers logged in training are the published protocol's."""
     if not cfg.data.val_dataset:
         return None
     from unsamflow.pipeline.flow import open_dataset
     from unsamflow.trainer.data import lookup, parse_mix
     from unsamflow.trainer.evaluation.evaluator import evaluate
+    from unsamflow.trainer.evaluation.padding import default_test_size
     from unsamflow.trainer.evaluation.predictors import NetworkPredictor
     from unsamflow.trainer.evaluation.segs import open_segs
 
@@ -102,7 +105,8 @@ def build_evaluator(cfg: Any, device: torch.device):
         net = getattr(model, "module", model)
         indices = range(info.rank, len(dataset), info.world_size)
         start = time.perf_counter()
-        result = evaluate(NetworkPredictor(net, device), dataset, name, segs=segs, indices=indices)
+        predictor = NetworkPredictor(net, device, test_size=default_test_size(part.name))
+        result = evaluate(predictor, dataset, name, segs=segs, indices=indices)
         net.train()
         metrics = distributed.all_reduce_metrics(result.accumulators["model"]).compute()
         return {"dataset": name, **metrics, "eval_seconds": time.perf_counter() - start}
