@@ -12,6 +12,9 @@ OUT        ?=
 CHECKPOINT ?=
 SHARDS     ?= 8
 WORKERS    ?=
+ALLOW_PARTIAL ?=
+SEG_OPTS   ?=
+UPDATE     ?=
 DEMO_OUT   ?= demo_out
 PRESET     ?=
 DATA       ?=
@@ -76,13 +79,15 @@ evaluate: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# make bench writes to a scratch folder; make bench UPDATE=1 replaces benchmarks/results/.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_all
+	UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.run_all
 
 masks: $(STAMP)
-	@test -n "$(ROOT)" || (echo "usage: make masks DATASET=sintel ROOT=/path/to/dataset OUT=dir [CHECKPOINT=sam.pth] [SHARDS=8] [WORKERS=N]"; exit 2)
+	@test -n "$(ROOT)" || (echo "usage: make masks DATASET=sintel ROOT=/path/to/dataset OUT=dir [CHECKPOINT=sam.pth] [SHARDS=8] [WORKERS=N] [ALLOW_PARTIAL=1] [SEG_OPTS='-o points_per_side=16 --model-type vit_b']"; exit 2)
 	$(BIN)/python -m unsamflow.pipeline run --layout $(DATASET) --root $(ROOT) --out $(or $(OUT),masks_out) --shards $(SHARDS) \
-		$(if $(CHECKPOINT),--segmenter sam --checkpoint $(CHECKPOINT),) $(if $(WORKERS),--workers $(WORKERS),)
+		$(if $(CHECKPOINT),--segmenter sam --checkpoint $(CHECKPOINT),) $(if $(WORKERS),--workers $(WORKERS),) \
+		$(if $(ALLOW_PARTIAL),--allow-partial,) $(SEG_OPTS)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -42,7 +42,14 @@ def build_predictor(checkpoint, baseline, device, test_size, dataset, pad_mode):
 @click.option("--device", help="torch device (default: cuda when available).")
 def evaluate(checkpoint, baseline, dataset, root, masks, segment, refine, write_outputs, flow_format,
              json_path, test_size, pad_mode, max_pairs, device) -> None:  # fmt: skip
-    """Run a model over a flow dataset with ground truth; print the metrics (ptlflow names)."""
+    """Run a model over a flow dataset with ground truth; print the metrics (ptlflow names).
+
+    \b
+    Example:
+      python -m unsamflow.trainer evaluate --checkpoint runs/kitti --dataset kitti-2015-training \\
+          --root /data/KITTI2015 --masks /data/kitti_masks/stores --refine --json kitti.json
+      python -m unsamflow.trainer evaluate --baseline dis --dataset sintel-clean-training --root tests/data/sintel
+    """
     from unsamflow.pipeline.atomic import write_bytes_atomic
     from unsamflow.pipeline.flow import open_dataset
     from unsamflow.trainer.evaluation import evaluate as run_evaluation

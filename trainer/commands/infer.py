@@ -13,13 +13,19 @@ from unsamflow.trainer.commands.evaluate import TEST_SIZE_HELP
 @click.option("--segment", is_flag=True, help="Make full_seg on the spot with the default segmenter.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--format", "flow_format", type=click.Choice(["flo", "kitti-png"]), default="flo",
-              show_default=True)
+              show_default=True, help="Flow file format: Middlebury .flo (float) or KITTI 16-bit PNG (1/64 px).")
 @click.option("--test-size", default="native", show_default=True, help=TEST_SIZE_HELP)
 @click.option("--pad", "pad_mode", type=click.Choice(["center", "bottom-right"]), default="center",
               show_default=True, help="Replicate padding to the network's multiple of 64.")
 @click.option("--device", help="torch device (default: cuda when available).")
 def infer(checkpoint, source, masks, segment, out, flow_format, test_size, pad_mode, device) -> None:
-    """Write out/flow/<frame>.flo|png and out/color/<frame>.png for every consecutive pair of frames."""
+    """Write out/flow/<frame>.flo|png and out/color/<frame>.png for every consecutive pair of frames.
+
+    \b
+    Example:
+      python -m unsamflow.trainer infer --checkpoint runs/kitti --input tests/data/video/judo --out judo_flow
+      python -m unsamflow.trainer infer --checkpoint runs/kitti --input clip.mp4 --format kitti-png --out clip_flow
+    """
     from unsamflow.trainer.evaluation import infer as run_inference
     from unsamflow.trainer.evaluation import load_network, open_segs, parse_test_size
 

@@ -22,7 +22,13 @@ from unsamflow.pipeline.errors import BadInputError
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @click.option("--device", help="torch device (default: cuda when available).")
 def report(run, dataset, root, masks, real_samples, refine, max_pairs, pictures, out, device) -> None:
-    """Evaluate a trained model beside the zero-flow and DIS baselines; write OUT/report.md with pictures."""
+    """Evaluate a trained model beside the zero-flow and DIS baselines; write OUT/report.md with pictures.
+
+    \b
+    Example:
+      python -m unsamflow.trainer report --run demo_out/run --dataset synthetic --root demo_out/heldout \\
+          --masks demo_out/heldout_masks/stores --refine --out demo_out/report
+    """
     from unsamflow.trainer.report import ReportSet, build_report, real_sample_sets
 
     if (dataset is None) != (root is None):

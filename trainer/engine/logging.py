@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from unsamflow.pipeline.atomic import write_bytes_atomic
+from unsamflow.pipeline.progress import bar_disable
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -53,7 +54,7 @@ class RunLogger:
         if progress_enabled():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, disable=bar_disable())
 
     def scalars(self, iteration: int, values: dict[str, float], prefix: str = "") -> None:
         if self.writer is None:

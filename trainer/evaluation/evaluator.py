@@ -159,9 +159,9 @@ def _write_pair(out: Path, sample: dict, flow: np.ndarray, refined: np.ndarray |
 
     stem, suffix = output_stem(sample["frame1"]), FLOW_SUFFIXES[fmt]
     write_flow(out / "flow" / f"{stem}{suffix}", flow)
-    panel = flow_panel(sample["img1"], sample["img2"], flow, sample["flow"], sample["valid"])
+    panel = flow_panel(sample["img1"], sample["img2"], flow, sample["flow"], sample["valid"], annotate=True)
     if refined is not None:
         write_flow(out / "refined" / f"{stem}{suffix}", refined)
         panel = np.concatenate([panel, flow_panel(sample["img1"], sample["img2"], refined, sample["flow"],
-                                                  sample["valid"])], axis=0)  # fmt: skip
+                                                  sample["valid"], annotate=True)], axis=0)  # fmt: skip
     write_png(out / "pictures" / f"{stem}.png", panel)
