@@ -6,7 +6,7 @@
     for epoch in ...: set_epoch(loader, epoch); for batch in loader: ...
 
 A batch (default collate):
-  img1, img2            float32 (B,3,H,W) in [0,1] RGB, co-transformed (resize, crop, flips, swap); as read
+  img1, img2            float32 (B,3,H,W) in [0,1] RGB, co-transformed (resize, crop, flips, swap), unjittered
   full_seg1, full_seg2  int64 (B,H,W) store labels (0 = background); zeros without stores
   key_masks, key_count  bool (B,K,H,W) frame 1's key objects, zero-padded to K; int64 (B,) how many are real
   flow, valid, occ      (B,2,H,W) float32, (B,H,W) bool, (B,H,W) bool: only with GT (occ if all pairs have)
