@@ -1,7 +1,8 @@
 """Segmenter registry: a SegmenterSpec (name + options) in, a ready Segmenter out.
 
 Names resolve in this order:
-1. built-ins: `graph` (weight-free default) and `sam` (segment-anything, needs a checkpoint);
+1. built-ins: `graph` (weight-free default), `sam` (segment-anything, needs a checkpoint), `sam2` (SAM 2,
+   extra 'unsamflow[sam2]') and `sam-hq` (HQ-SAM, extra 'unsamflow[sam-hq]');
 2. plug-ins registered by installed packages in the entry-point group `unsamflow.segmenters`, e.g. in
    their pyproject.toml: `[project.entry-points."unsamflow.segmenters"] mysam = "mypkg.seg:build"`;
 3. `module:factory` strings (`mypkg.seg:build`), imported on the spot.
@@ -42,10 +43,16 @@ ENTRY_POINT_GROUP = "unsamflow.segmenters"
 _BUILTINS = {
     "graph": "unsamflow.pipeline.segmenters.graph:GraphSegmenter",
     "sam": "unsamflow.pipeline.segmenters.sam:SamSegmenter",
+    # Optional packages ('unsamflow[sam2]', '[sam-hq]'): their modules import them only when used, so
+    # listing them (`pipeline segmenters`) works without them and using them fails naming the extra.
+    "sam2": "unsamflow.pipeline.segmenters.sam2:Sam2Segmenter",
+    "sam-hq": "unsamflow.pipeline.segmenters.sam_hq:SamHqSegmenter",
 }
 
 
-BUILTIN_SEGMENTERS = frozenset(_BUILTINS)  # their records are trusted; plug-ins' are checked
+# Records of these are trusted; those of plug-ins and of the wrappers of optional third-party packages
+# (sam2, sam-hq: their output format may change with their version) are checked before they are stored.
+BUILTIN_SEGMENTERS = frozenset({"graph", "sam"})
 
 
 def available_segmenters() -> list[str]:
