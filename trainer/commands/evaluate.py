@@ -48,7 +48,8 @@ def evaluate(checkpoint, baseline, dataset, root, masks, segment, refine, write_
     Example:
       python -m unsamflow.trainer evaluate --checkpoint runs/kitti --dataset kitti-2015-training \\
           --root /data/KITTI2015 --masks /data/kitti_masks/stores --refine --json kitti.json
-      python -m unsamflow.trainer evaluate --baseline dis --dataset sintel-clean-training --root tests/data/sintel
+      python -m unsamflow.trainer evaluate --baseline dis --dataset sintel-clean-training \\
+          --root tests/data/sintel
     """
     from unsamflow.pipeline.atomic import write_bytes_atomic
     from unsamflow.pipeline.flow import open_dataset

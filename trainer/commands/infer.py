@@ -13,7 +13,7 @@ from unsamflow.trainer.commands.evaluate import TEST_SIZE_HELP
 @click.option("--segment", is_flag=True, help="Make full_seg on the spot with the default segmenter.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--format", "flow_format", type=click.Choice(["flo", "kitti-png"]), default="flo",
-              show_default=True, help="Flow file format: Middlebury .flo (float) or KITTI 16-bit PNG (1/64 px).")
+              show_default=True, help="Flow files: Middlebury .flo (float32) or KITTI 16-bit PNG (1/64 px).")
 @click.option("--test-size", default="native", show_default=True, help=TEST_SIZE_HELP)
 @click.option("--pad", "pad_mode", type=click.Choice(["center", "bottom-right"]), default="center",
               show_default=True, help="Replicate padding to the network's multiple of 64.")
@@ -24,7 +24,8 @@ def infer(checkpoint, source, masks, segment, out, flow_format, test_size, pad_m
     \b
     Example:
       python -m unsamflow.trainer infer --checkpoint runs/kitti --input tests/data/video/judo --out judo_flow
-      python -m unsamflow.trainer infer --checkpoint runs/kitti --input clip.mp4 --format kitti-png --out clip_flow
+      python -m unsamflow.trainer infer --checkpoint runs/kitti --input clip.mp4 --format kitti-png \\
+          --out clip_flow
     """
     from unsamflow.trainer.evaluation import infer as run_inference
     from unsamflow.trainer.evaluation import load_network, open_segs, parse_test_size

@@ -54,7 +54,8 @@ class RunLogger:
         if progress_enabled():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, disable=bar_disable())
+            self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True,
+                            disable=bar_disable())
 
     def scalars(self, iteration: int, values: dict[str, float], prefix: str = "") -> None:
         if self.writer is None:

@@ -1,10 +1,13 @@
 """The stage-aware objective of one training step (method.md sections 3-4).
 
-Up to three forward passes: the main pass on the appearance-augmented pair (photometric loss against
-the un-jittered frames, which also yields the pseudo-label and its non-occlusion mask), the spatial
-pass (affine transform of the batch) and the occlusion pass (key objects pasted, then a crop), both
-supervised by the detached pseudo-label. A stage switches terms on and off; nothing here is a subclass
-per dataset or per stage.
+Up to three forward passes: the main pass on the clean pair (photometric loss, the pseudo-label and its
+non-occlusion mask), then, on the appearance-augmented pair, the spatial pass (affine transform of the
+batch) and the occlusion pass (key objects pasted, then a crop), both supervised by the detached
+pseudo-label. The main pass sees the clean frames as in the public reference code (ARFlow's and
+UnSAMFlow's trainers feed `img1`/`img2` to it and the jittered `img*_ph` only to the second passes), so
+the second passes teach invariance to the colour changes; method.md's wording puts the jitter on the
+main pass, which would make the pseudo-label come from the very frames the student then sees.
+A stage switches terms on and off; nothing here is a subclass per dataset or per stage.
 """
 
 from __future__ import annotations
@@ -155,8 +158,8 @@ class Objective:
     def __call__(self, model: torch.nn.Module, batch: dict[str, Any], stage: Any) -> StepResult:
         """All passes of one step for `stage`; the caller does backward and the optimiser."""
         img1, img2, seg1, seg2 = batch["img1"], batch["img2"], batch["full_seg1"], batch["full_seg2"]
-        img1a, img2a = self.appearance(img1, img2)
-        out = self.forward(model, img1a, img2a, seg1, seg2)
+        img1a, img2a = self.appearance(img1, img2)  # for the second passes and the key-object cache
+        out = self.forward(model, img1, img2, seg1, seg2)
         photo, occ1, occ2 = self.photometric(img1, img2, out, stage)
         terms = {"photometric": photo}
         if self.cfg.loss.smooth_weight > 0:
