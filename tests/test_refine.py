@@ -141,7 +141,8 @@ def test_cli_refines_a_real_sintel_flow(tmp_path, shared_data):
     cv2.imwrite(str(tmp_path / "seg.png"), seg)
     args = ["refine", "--flow", str(tmp_path / "in.flo"), "--seg", str(tmp_path / "seg.png"),
             "--out", str(tmp_path / "out.flo"), "--report", str(tmp_path / "r.json"),
-            "--occ", str(root / "occlusions" / "alley_1" / "frame_0002.png")]
+            "--occ", str(root / "occlusions" / "alley_1" / "frame_0002.png"),
+            "--rule", "any"]  # i.i.d. noise of 0.5 px leaves 13 % outliers: the default rule keeps it
     res = CliRunner().invoke(trainer_cli, args)
     assert res.exit_code == 0, res.output
     out, valid = read_flo(tmp_path / "out.flo")
@@ -192,10 +193,102 @@ def test_cli_reads_the_segmentation_from_a_mask_store(tmp_path):
     build_index(tmp_path / "stores")
     write_flo(tmp_path / "in.flo", noisy)
     base = ["refine", "--flow", str(tmp_path / "in.flo"), "--store", str(tmp_path / "stores"),
-            "--out", str(tmp_path / "out.flo")]
+            "--out", str(tmp_path / "out.flo"), "--rule", "any"]  # whole regions: i.i.d. noise everywhere
     res = CliRunner().invoke(trainer_cli, [*base, "--frame", "seq/f1.png"])
     assert res.exit_code == 0, res.output
     out, _ = read_flo(tmp_path / "out.flo")
     assert np.abs(out - exact)[seg > 0].mean() < 0.2 * np.abs(noisy - exact)[seg > 0].mean()
     res = CliRunner().invoke(trainer_cli, [*base, "--frame", "seq/nope.png"])
     assert res.exit_code == 2 and "seq/nope.png" in res.output
+
+
+# --- the default rule ("one-motion"): refine only what one homography explains ---
+
+
+def _planar(h: int = 60, w: int = 80):
+    """One region (label 1) moving by one homography; background label 0. Returns exact flow and seg."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    hm = np.array([[1.02, 0.01, 2.5], [-0.01, 0.98, -1.0], [1e-4, -5e-5, 1.0]])
+    p = np.einsum("ij,jhw->ihw", hm, np.stack((xs, ys, np.ones_like(xs))))
+    flow = np.stack((p[0] / p[2] - xs, p[1] / p[2] - ys), -1).astype(np.float32)
+    seg = np.zeros((h, w), np.int64)
+    seg[10:50, 10:70] = 1
+    return flow, seg
+
+
+def test_default_rule_replaces_only_the_pixels_that_disagree_with_the_fit():
+    from unsamflow.trainer.refine import DEFAULT_RULE
+
+    exact, seg = _planar()
+    bad = np.zeros(seg.shape, bool)
+    bad[20:25, 20:30] = True  # 50 of 2400 region pixels: a flow error inside a planar region
+    flow = exact.copy()
+    flow[bad] += np.float32([6.0, -4.0])
+    out, rep = refine_flow(flow, seg, rule=DEFAULT_RULE)
+    assert rep.num_refined == 1 and rep.replaced_pixels == bad.sum()
+    assert np.abs(out - exact)[seg == 1].max() < 1e-3  # the error is gone, exactly
+    assert np.array_equal(out[~bad], flow[~bad])  # every pixel that agreed keeps its own flow
+    whole, rep_whole = refine_flow(flow, seg, rule="any")  # the earlier rule replaces the whole region
+    assert rep_whole.replaced_pixels == (seg == 1).sum() and np.abs(whole - exact)[seg == 1].max() < 1e-3
+
+
+def test_default_rule_leaves_a_region_of_two_motions_alone():
+    exact, seg = _planar()
+    flow = exact.copy()
+    right = (seg == 1) & (np.arange(seg.shape[1])[None] >= 48)  # 45 % of the region moves otherwise
+    flow[right] += np.float32([3.0, 2.0])
+    out, rep = refine_flow(flow, seg, rule="one-motion")
+    assert rep.num_refined == 0 and "inlier rate" in rep.regions[0].reason
+    assert np.array_equal(out, flow)
+    _, rep_any = refine_flow(flow, seg, rule="any")  # inlier rate 0.55 passes the lenient rule
+    assert rep_any.num_refined == 1
+
+
+def test_default_rule_does_not_extrapolate_from_a_mostly_occluded_region():
+    exact, seg = _planar()
+    occ = np.zeros(seg.shape, bool)
+    occ[10:50, 10:50] = True  # two thirds of the region are not usable for the fit
+    flow = exact.copy()
+    flow[occ] = 9.0
+    out, rep = refine_flow(flow, seg, occ=occ, rule="one-motion")
+    assert rep.num_refined == 0 and "too few usable pixels" in rep.regions[0].reason
+    assert np.array_equal(out, flow)
+    out_any, rep_any = refine_flow(flow, seg, occ=occ, rule="any")  # visible >= 0.2 is enough there
+    assert rep_any.num_refined == 1 and np.abs(out_any - exact)[seg == 1].max() < 1e-3
+
+
+def test_rules_options_and_determinism():
+    from unsamflow.trainer.commands.refine import DEFAULT_RULE as CLI_DEFAULT
+    from unsamflow.trainer.commands.refine import RULE_NAMES
+    from unsamflow.trainer.refine import DEFAULT_RULE, RULES
+
+    assert set(RULE_NAMES) == set(RULES) and CLI_DEFAULT == DEFAULT_RULE  # the CLI spells them out
+    noisy, _, seg = _scene(7, noise=0.6)
+    a, rep_a = refine_flow(noisy, seg, rule="one-motion", seed=3)
+    b, rep_b = refine_flow(noisy, seg, rule="one-motion", seed=3)
+    assert np.array_equal(a, b) and rep_a.to_dict() == rep_b.to_dict()  # same seed, same result
+    # an explicit option overrides the rule's: a lenient rate refines what the strict one leaves
+    _, strict = refine_flow(noisy, seg, rule="one-motion")
+    _, lenient = refine_flow(noisy, seg, rule="one-motion", min_inlier_rate=0.5)
+    assert strict.num_refined == 0 and lenient.num_refined == 2
+    with pytest.raises(BadInputError, match="rule must be one of"):
+        refine_flow(noisy, seg, rule="best")
+    with pytest.raises(BadInputError, match="needs an occlusion mask"):
+        refine_flow(noisy, seg, rule="loss")  # the loss's rule picks the most occluded regions
+
+
+def test_cli_default_rule_keeps_agreeing_pixels(tmp_path):
+    exact, seg = _planar()
+    flow = exact.copy()
+    flow[20:25, 20:30] += np.float32([6.0, -4.0])
+    write_flo(tmp_path / "in.flo", flow)
+    cv2.imwrite(str(tmp_path / "seg.png"), seg.astype(np.uint16))
+    res = CliRunner().invoke(trainer_cli, ["refine", "--flow", str(tmp_path / "in.flo"), "--seg",
+                                           str(tmp_path / "seg.png"), "--out", str(tmp_path / "out.flo"),
+                                           "--report", str(tmp_path / "r.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "rule one-motion" in res.output
+    out, _ = read_flo(tmp_path / "out.flo")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["num_refined"] == 1 and report["replaced_pixels"] == 50
+    assert np.abs(out - exact)[seg == 1].max() < 1e-3

@@ -2,13 +2,23 @@
 
 The same per-region RANSAC homography as the homography smoothness loss (method.md section 3),
 used after the fact: a region whose visible flow a homography explains (inlier rate high
-enough) gets the homography's flow on all its pixels, occluded ones included.
+enough) gets the homography's flow on its pixels, occluded ones included.
+
+Named rules (RULES) bundle the options. The commands default to DEFAULT_RULE, "one-motion": every region,
+1 px, but only where one homography explains nearly all of the region (inlier rate >= 0.9; a mask that
+spans two motions, such as a limb and the body or an object and its background, leaves far more than 10 %
+outliers), where at least half the region is visible (no extrapolation from a few pixels), and only the
+pixels that disagree with the fit are replaced (where the input flow already agrees within the
+threshold it is at least as good as a planar approximation of a surface that may not be planar). On the
+project's 14 real pairs (benchmarks/results/refine_real.md) it is the one rule tried that helped at least
+12; the loss's own rule ("loss") helped 7 and hurt 6, the earlier default ("any") hurt 9.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +29,18 @@ from unsamflow.trainer.warp import mesh_grid
 # Groups fitted per call: bounds the (groups x hypotheses) temporaries to ~100 MB.
 _GROUPS_PER_FIT = 256
 _REGIONS = re.compile(r"^(all|largest-(\d+)|occluded-(\d+))$")
+
+# Named option sets. "loss": the homography loss's selection (the paper's; its threshold is Sintel's 3 px,
+# give KITTI's 0.5 px explicitly); "any": every region fitted at all (the earlier command default).
+RULES: dict[str, dict[str, Any]] = {
+    "one-motion": {"regions": "all", "ransac_thresh": 1.0, "min_inlier_rate": 0.9, "min_visible_frac": 0.5,
+                   "keep_inliers": True},
+    "loss": {"regions": "occluded-6", "ransac_thresh": 3.0, "min_inlier_rate": 0.5, "min_visible_frac": 0.2,
+             "keep_inliers": False},
+    "any": {"regions": "all", "ransac_thresh": 1.0, "min_inlier_rate": 0.5, "min_visible_frac": 0.2,
+            "keep_inliers": False},
+}  # fmt: skip
+DEFAULT_RULE = "one-motion"
 
 
 @dataclass
@@ -32,6 +54,7 @@ class RegionResult:
     inlier_rate: float
     refined: bool
     reason: str  # "refined", or why not
+    replaced: int = 0  # pixels whose flow was replaced (fewer than `pixels` with keep_inliers)
 
 
 @dataclass
@@ -48,11 +71,16 @@ class RefineReport:
     def refined_pixels(self) -> int:
         return sum(r.pixels for r in self.regions if r.refined)
 
+    @property
+    def replaced_pixels(self) -> int:
+        return sum(r.replaced for r in self.regions)
+
     def to_dict(self) -> dict:
         return {
             "num_regions": len(self.regions),
             "num_refined": self.num_refined,
             "refined_pixels": self.refined_pixels,
+            "replaced_pixels": self.replaced_pixels,
             "regions": [asdict(r) for r in self.regions],
         }
 
@@ -63,11 +91,13 @@ def refine_flow(
     *,
     valid: np.ndarray | torch.Tensor | None = None,
     occ: np.ndarray | torch.Tensor | None = None,
-    regions: str = "all",
-    ransac_thresh: float = 1.0,
-    min_inlier_rate: float = 0.5,
+    rule: str | None = None,
+    regions: str | None = None,
+    ransac_thresh: float | None = None,
+    min_inlier_rate: float | None = None,
     min_pixels: int = 64,
-    min_visible_frac: float = 0.2,
+    min_visible_frac: float | None = None,
+    keep_inliers: bool | None = None,
     include_background: bool = False,
     num_hypotheses: int = 128,
     seed: int = 0,
@@ -82,7 +112,18 @@ def refine_flow(
     occluded pixels; needs occ). Label 0 (pixels in no mask) is left alone unless include_background.
     A region is refined when it has >= min_pixels pixels, >= 4 and >= min_visible_frac of them
     usable, and an inlier rate (|H(x) - (x + flow)| <= ransac_thresh px) >= min_inlier_rate.
+    keep_inliers: replace only the pixels of a refined region whose flow disagrees with the fit by more
+    than ransac_thresh (the others keep theirs). rule: a name in RULES giving the defaults of the options
+    left None; without a rule they default to "any" (every region, 1 px, rate 0.5, visible 0.2, replace
+    all). The commands use DEFAULT_RULE. RANSAC draws come from `seed`: the same input gives the same output.
     """
+    if rule is not None and rule not in RULES:
+        raise BadInputError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
+    given = {"regions": regions, "ransac_thresh": ransac_thresh, "min_inlier_rate": min_inlier_rate,
+             "min_visible_frac": min_visible_frac, "keep_inliers": keep_inliers}  # fmt: skip
+    opts = {k: (v if v is not None else RULES[rule or "any"][k]) for k, v in given.items()}
+    regions, ransac_thresh, min_inlier_rate = opts["regions"], opts["ransac_thresh"], opts["min_inlier_rate"]
+    min_visible_frac, keep_inliers = opts["min_visible_frac"], opts["keep_inliers"]
     was_numpy = isinstance(flow, np.ndarray)
     f = torch.as_tensor(flow)
     single = f.ndim == 3
@@ -149,12 +190,18 @@ def refine_flow(
                 (fit.inlier_rate >= min_inlier_rate)
             )
             take = ok[group[keep]]
+            if keep_inliers:  # pixels the fit explains keep their own flow
+                resid = (fit.projected - dst[keep]).square().sum(1)
+                take &= resid > ransac_thresh * ransac_thresh
             idx = keep[take]
             flat_out[:, idx] = (fit.projected[take] - src[idx]).t()
+            replaced = torch.zeros(g + 1, dtype=torch.int64).index_add_(
+                0, group[keep], take.long())  # fmt: skip
             for s, j in enumerate(chunk):
                 nv, a, rate = int(nvis[s]), int(area[j]), float(fit.inlier_rate[s])
                 why = _reason(bool(ok[s]), bool(fit.ok[s]), nv, a, rate, min_visible_frac, min_inlier_rate)
-                report.regions.append(RegionResult(i, int(labels[j]), a, nv, rate, bool(ok[s]), why))
+                report.regions.append(RegionResult(i, int(labels[j]), a, nv, rate, bool(ok[s]), why,
+                                                   int(replaced[s])))  # fmt: skip
     res = out.to(device=f.device, dtype=f.dtype)
     if single:
         res = res[0].permute(1, 2, 0).contiguous()

@@ -31,6 +31,9 @@ def build_predictor(checkpoint, baseline, device, test_size, dataset, pad_mode):
 @click.option("--masks", type=click.Path(), help="Mask store folder (with index.json) covering the dataset.")
 @click.option("--segment", is_flag=True, help="Make full_seg on the spot with the default segmenter.")
 @click.option("--refine", is_flag=True, help="Also report metrics after per-object homography refinement.")
+@click.option("--refine-rule", type=click.Choice(["any", "loss", "one-motion"]), default="one-motion",
+              show_default=True, help="The rule --refine uses (see `refine --help`; 'loss' needs occlusion, "
+                                      "which evaluate does not have).")  # fmt: skip
 @click.option("--write-outputs", type=click.Path(file_okay=False), help="Write flows and pictures here.")
 @click.option("--format", "flow_format", type=click.Choice(["flo", "kitti-png"]), default="flo",
               show_default=True, help="Flow file format for --write-outputs.")
@@ -40,8 +43,8 @@ def build_predictor(checkpoint, baseline, device, test_size, dataset, pad_mode):
               show_default=True, help="Replicate padding to the network's multiple of 64.")
 @click.option("--max-pairs", type=int, help="Evaluate only the first N pairs.")
 @click.option("--device", help="torch device (default: cuda when available).")
-def evaluate(checkpoint, baseline, dataset, root, masks, segment, refine, write_outputs, flow_format,
-             json_path, test_size, pad_mode, max_pairs, device) -> None:  # fmt: skip
+def evaluate(checkpoint, baseline, dataset, root, masks, segment, refine, refine_rule, write_outputs,
+             flow_format, json_path, test_size, pad_mode, max_pairs, device) -> None:  # fmt: skip
     """Run a model over a flow dataset with ground truth; print the metrics (ptlflow names).
 
     \b
@@ -67,7 +70,8 @@ def evaluate(checkpoint, baseline, dataset, root, masks, segment, refine, write_
         click.echo(f"\r{n + 1}/{total} {r.frame1}", nl=False, err=True)
 
     result = run_evaluation(
-        predictor, ds, dataset, segs=segs, refine=refine, indices=indices, write_outputs=write_outputs,
+        predictor, ds, dataset, segs=segs, refine={"rule": refine_rule} if refine else False, indices=indices,
+        write_outputs=write_outputs,
         flow_format=flow_format, on_pair=progress,
     )
     click.echo("", err=True)

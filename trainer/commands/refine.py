@@ -9,6 +9,10 @@ import click
 import numpy as np
 from unsamflow.pipeline.errors import BadInputError
 
+# trainer.refine.RULES / DEFAULT_RULE, spelled out so that `--help` does not import torch (a test checks)
+RULE_NAMES = ("any", "loss", "one-motion")
+DEFAULT_RULE = "one-motion"
+
 
 def _seg_from_store(store: str, frame: str) -> np.ndarray:
     from unsamflow.pipeline.store.index import Index
@@ -48,17 +52,28 @@ def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray)
               help="Optional occlusion mask PNG (255 = occluded): excluded from the fit.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="Refined flow (.flo or KITTI .png).")
-@click.option("--regions", default="all", show_default=True, help="all | largest-N | occluded-N")
-@click.option("--ransac-thresh", default=1.0, show_default=True, type=float, help="Inlier distance (px).")
-@click.option("--min-inlier-rate", default=0.5, show_default=True, type=float)
+@click.option("--rule", type=click.Choice(RULE_NAMES), default=DEFAULT_RULE, show_default=True,
+              help="Option set: one-motion (every region one homography explains: inlier rate >= 0.9, "
+                   "visible >= 0.5, only disagreeing pixels replaced), loss (the paper's: 6 most occluded "
+                   "regions, 3 px, rate >= 0.5; needs --occ), any (every region, rate >= 0.5). The options "
+                   "below override it.")
+@click.option("--regions", default=None, help="all | largest-N | occluded-N  [default: the rule's]")
+@click.option("--ransac-thresh", default=None, type=float, help="Inlier distance (px)  [default: the rule's]")
+@click.option("--min-inlier-rate", default=None, type=float, help="[default: the rule's]")
+@click.option("--min-visible-frac", default=None, type=float,
+              help="Least share of a region usable for the fit  [default: the rule's]")
+@click.option("--keep-inliers/--replace-all", default=None,
+              help="Replace only the pixels that disagree with the fit, or the whole region  "
+                   "[default: the rule's]")
 @click.option("--min-pixels", default=64, show_default=True, type=int, help="Smaller regions are kept as is.")
 @click.option("--include-background", is_flag=True, help="Also fit label 0 (pixels in no mask).")
 @click.option("--picture", type=click.Path(dir_okay=False),
               help="Before/after PNG (default: next to --out, *_refine.png).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Per-region JSON report.")
 @click.option("--seed", default=0, show_default=True, type=int, help="RANSAC sampling seed.")
-def refine(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransac_thresh, min_inlier_rate,
-           min_pixels, include_background, picture, report_path, seed) -> None:
+def refine(flow_path, seg_path, store, frame, occ_path, out_path, rule, regions, ransac_thresh,
+           min_inlier_rate, min_visible_frac, keep_inliers, min_pixels, include_background, picture,
+           report_path, seed) -> None:
     """Fit a homography to each full_seg region's flow and replace the flow where it fits well."""
     from unsamflow.pipeline.flow.io import read_flow, read_label_png, read_mask_png, write_flow
     from unsamflow.pipeline.images import write_png
@@ -76,9 +91,9 @@ def refine(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransa
                             f"{flow_path} is {flow.shape[1]}x{flow.shape[0]}")
     occ = read_mask_png(occ_path, flow.shape[:2]) if occ_path else None
     refined, report = refine_flow(
-        flow, seg, valid=valid, occ=occ, regions=regions, ransac_thresh=ransac_thresh,
-        min_inlier_rate=min_inlier_rate, min_pixels=min_pixels, include_background=include_background,
-        seed=seed,
+        flow, seg, valid=valid, occ=occ, rule=rule, regions=regions, ransac_thresh=ransac_thresh,
+        min_inlier_rate=min_inlier_rate, min_visible_frac=min_visible_frac, keep_inliers=keep_inliers,
+        min_pixels=min_pixels, include_background=include_background, seed=seed,
     )
     out = write_flow(out_path, refined, valid | (refined != flow).any(axis=2))
     pic = Path(picture) if picture else out.with_name(out.stem + "_refine.png")
@@ -86,6 +101,6 @@ def refine(flow_path, seg_path, store, frame, occ_path, out_path, regions, ransa
     if report_path:
         Path(report_path).write_text(json.dumps(report.to_dict(), indent=1))
     click.echo(
-        f"refined {report.num_refined} of {len(report.regions)} regions "
-        f"({report.refined_pixels / flow[..., 0].size:.1%} of pixels) -> {out}; picture {pic}"
+        f"refined {report.num_refined} of {len(report.regions)} regions (rule {rule}; flow of "
+        f"{report.replaced_pixels / flow[..., 0].size:.1%} of pixels replaced) -> {out}; picture {pic}"
     )

@@ -83,13 +83,14 @@ def evaluate(
     """Evaluate `predictor` on `dataset` (pairs with GT flow; `name` picks the benchmark's aggregation).
 
     segs: full_seg source called as segs(frame_id, image) (StoreSegs / SegmenterSegs); needed by
-    predictors with `needs_segs` and by `refine`. refine: True or refine_flow keyword options.
+    predictors with `needs_segs` and by `refine`. refine: True (the default rule, trainer.refine.DEFAULT_RULE)
+    or refine_flow keyword options.
     indices: the pairs to run (a subset or a sampler); default all. An empty share is allowed (a rank
     with no pairs contributes zero sums); an empty dataset is an error.
     write_outputs: folder for each pair's flow (`flow/`, `refined/`) and picture (`pictures/`).
     on_pair(n, total, result) after each pair (progress); on_flow(sample, flow, refined) to see the flows.
     """
-    from unsamflow.trainer.refine import refine_flow
+    from unsamflow.trainer.refine import DEFAULT_RULE, refine_flow
 
     order = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     where = getattr(getattr(dataset, "manifest", None), "root", None)
@@ -107,7 +108,7 @@ def evaluate(
     pairs = getattr(dataset, "pairs", None)
     if segs is not None and pairs is not None and hasattr(segs, "check_covers"):
         segs.check_covers(f for i in order for f in (pairs[i].frame1, pairs[i].frame2))
-    refine_options = refine if isinstance(refine, dict) else {}
+    refine_options = refine if isinstance(refine, dict) else {"rule": DEFAULT_RULE}
 
     before, after = FlowMetrics.for_dataset(name), FlowMetrics.for_dataset(name) if refine else None
     results: list[PairResult] = []
