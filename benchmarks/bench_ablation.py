@@ -223,6 +223,25 @@ def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
     return rows
 
 
+def write_table(name: str, variants: list[str]) -> None:
+    """The Markdown table from the results JSON alone, saying how many seeds each variant has."""
+    doc = json.loads((RESULTS / f"{name}.json").read_text())
+    runs, setup = doc["runs"], doc["setup"]
+    seeds = sorted({r["seed"] for r in runs})
+    complete = all(len([r for r in runs if r["variant"] == v]) == len(setup["seeds"]) for v in variants)
+    notes = (doc.get("notes") or "") if complete else (
+        f"PARTIAL: the run was cut short; finished runs only (seeds {seeds}; see the seeds column). Preset "
+        f"{setup['preset']}, {setup['iterations']} iterations, crops {setup['crop']} of {setup['size']} "
+        f"synthetic frames, {setup['threads']} torch thread(s). Values: mean ± sample std over the seeds "
+        "that finished. Held-out EPE pooled over the pixels of "
+        f"{setup['heldout_pairs']} synthetic pairs; real: EPE of {', '.join(setup['real_shipped'])}.")
+    rows = summarise(runs, variants)
+    md = write_results(name, rows, notes)
+    doc.update(rows=rows, notes=notes)  # write_results replaced the JSON: keep the runs in it
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=1))
+    print(md.read_text())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset-family", choices=sorted(FAMILY_PRESET), default="cpu-demo")
@@ -244,7 +263,10 @@ def main(argv: list[str] | None = None) -> None:
                     "(full size: ~30-100 s per run on 2 cores, so off by default)")  # fmt: skip
     ap.add_argument("--name", default="ablation", help="results name (benchmarks/results/NAME.md|json)")
     ap.add_argument("--resume", action="store_true", help="skip the runs already in the results JSON")
+    ap.add_argument("--table-only", action="store_true",
+                    help="write the table from the runs already in the results JSON (e.g. a cut-short run)")
     ap.add_argument("overrides", nargs="*", help="extra key=value config overrides for every run")
+    argv = [] if argv is None else argv  # run_all calls main(): the defaults, not run_all's own arguments
     a = ap.parse_args(argv)
 
     torch.set_num_threads(a.threads)
@@ -253,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if a.table_only:
+        write_table(a.name, variants)
+        return
     work = Path(a.work)
     t_start = time.perf_counter()
     sets = make_synthetic(work, a.size, a.train_sequences, a.heldout_sequences,
@@ -305,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = summarise(runs, variants)
     wall = time.perf_counter() - t_start
     notes = (
-        f"Command: `python -m benchmarks.bench_ablation {' '.join(sys.argv[1:] if argv is None else argv)}`"
+        f"Command: `python -m benchmarks.bench_ablation {' '.join(argv)}`"
         f" ({wall / 60:.0f} min wall here, {a.threads} torch threads). Preset {preset} with the variant's "
         f"parts switched off (base: no key-object augmentation and stage-2 w_ar 0.02, w_hg 0, no mask "
         f"features); "
@@ -324,4 +349,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
