@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,10 +188,13 @@ def segment_shards(
 
     client.subscribe_topic(PROGRESS_TOPIC, on_event)
     t0 = time.perf_counter()
+    # Keys name the shard for the dashboard and are unique per run: Dask answers a submit whose key it
+    # still holds with that earlier result, so a second run on the same client would get the first's.
+    run = uuid.uuid4().hex[:8]
     futures = {
         client.submit(
             segment_shard, str(sf), str(store), spec, derive_config, frame_memory,
-            key=f"segment-{store.name}", retries=retries, pure=False,
+            key=f"segment-{store.name}-{run}", retries=retries, pure=False,
         ): store.name
         for sf, store, _ in todo
     }

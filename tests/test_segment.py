@@ -284,6 +284,11 @@ def test_third_party_segmenter_by_module_factory(shared_data, tmp_path):
         assert ms.segmenter["name"] == "grid" and ms.segmenter["config"] == {"k": 3}
         assert ms.read(0).full_seg.max() == 8
         ms.close()
+        # the same shard again on the same client, into another folder: a run of its own, not the
+        # first run's cached result (Dask answers a submit whose key it still holds with that result)
+        again = segment_shards([shard], tmp_path / "again", good, DeriveConfig().to_dict(), client,
+                               progress=False)
+        assert again.written == 1 and (tmp_path / "again" / "shard-00000-of-00001.h5").is_file()
         bad = SegmenterSpec("plugin_segmenter:make_grid", {"lie_about_area": True})
         res = segment_shards([shard], tmp_path / "bad", bad, DeriveConfig().to_dict(), client,
                              retries=0, progress=False)
