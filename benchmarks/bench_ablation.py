@@ -223,6 +223,14 @@ def summarise(runs: list[dict], variants: list[str]) -> list[dict]:
     return rows
 
 
+def zero_row(setup: dict) -> list[dict]:
+    """The zero-flow reference (what a network that learned nothing scores), when recorded."""
+    z = setup.get("zero_flow")
+    if not z:
+        return []
+    return [{"variant": "zero flow (reference)", "seeds": "-", **{k: f"{v:.3f}" for k, v in z.items()}}]
+
+
 def write_table(name: str, variants: list[str]) -> None:
     """The Markdown table from the results JSON alone, saying how many seeds each variant has."""
     doc = json.loads((RESULTS / f"{name}.json").read_text())
@@ -235,7 +243,7 @@ def write_table(name: str, variants: list[str]) -> None:
         f"synthetic frames, {setup['threads']} torch thread(s). Values: mean ± sample std over the seeds "
         "that finished. Held-out EPE pooled over the pixels of "
         f"{setup['heldout_pairs']} synthetic pairs; real: EPE of {', '.join(setup['real_shipped'])}.")
-    rows = summarise(runs, variants)
+    rows = summarise(runs, variants) + zero_row(setup)
     md = write_results(name, rows, notes)
     doc.update(rows=rows, notes=notes)  # write_results replaced the JSON: keep the runs in it
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=1))
@@ -279,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         write_table(a.name, variants)
         return
     work = Path(a.work)
+    from unsamflow.trainer.evaluation import ZeroFlow
     t_start = time.perf_counter()
     sets = make_synthetic(work, a.size, a.train_sequences, a.heldout_sequences,
                           key_min=max(8, int(a.size.split("x")[0]) // 8))  # fmt: skip
@@ -296,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
         family_data += ["data.dataset=synthetic"]
     heldout = Heldout(sets["heldout"], sets["heldout_masks"])
     real = RealPairs(shared=a.shared_real)
+    zero = ZeroFlow()
+    zero_flow = {**heldout.score(zero), **real.score(zero)}
     print(f"data ready in {time.perf_counter() - t_start:.0f} s: {len(heldout.samples)} held-out pairs, "
           f"{len(real.shipped)} shipped + {len(real.shared)} shared real pairs", flush=True)
 
@@ -310,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
              "device": a.device, "threads": a.threads, "common_overrides": common + a.overrides,
              "train_pairs_root": data, "heldout_pairs": len(heldout.samples),
              "real_shipped": [r[0] for r in real.shipped],
-             "real_shared": [r[0] for r in real.shared]}  # fmt: skip
+             "real_shared": [r[0] for r in real.shared], "zero_flow": zero_flow}  # fmt: skip
     for seed in seeds:  # seed-major: a cut-short run still has every variant at the first seeds
         for v in variants:
             if (v, seed) in done:
@@ -327,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps({"benchmark": a.name, "machine": machine(), "setup": setup,
                                              "runs": runs}, indent=1))  # fmt: skip
-    rows = summarise(runs, variants)
+    rows = summarise(runs, variants) + zero_row(setup)
     wall = time.perf_counter() - t_start
     notes = (
         f"Command: `python -m benchmarks.bench_ablation {' '.join(argv)}`"
