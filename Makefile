@@ -15,6 +15,7 @@ WORKERS    ?=
 ALLOW_PARTIAL ?=
 SEG_OPTS   ?=
 UPDATE     ?=
+ABLATION_ARGS ?=
 DEMO_OUT   ?= demo_out
 PRESET     ?=
 DATA       ?=
@@ -24,7 +25,7 @@ EVAL_ROOT  ?=
 EVAL_MASKS ?=
 OVERRIDES  ?=
 
-.PHONY: venv test demo lint bench masks train evaluate clean
+.PHONY: venv test demo lint bench ablation masks train evaluate clean
 
 venv: $(STAMP)
 
@@ -84,6 +85,10 @@ lint: $(STAMP)
 # make bench writes to a scratch folder; make bench UPDATE=1 replaces benchmarks/results/.
 bench: $(STAMP)
 	UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.run_all
+
+# The +aug/+hg/+mf ablation (~30 min on 2 CPU cores); UPDATE=1 writes benchmarks/results/
+ablation: $(STAMP)
+	UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.bench_ablation $(ABLATION_ARGS)
 
 masks: $(STAMP)
 	@test -n "$(ROOT)" || (echo "usage: make masks DATASET=sintel ROOT=/path/to/dataset OUT=dir [CHECKPOINT=sam.pth] [SHARDS=8] [WORKERS=N] [ALLOW_PARTIAL=1] [SEG_OPTS='-o points_per_side=16 --model-type vit_b']"; exit 2)

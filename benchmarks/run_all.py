@@ -1,4 +1,8 @@
-"""`make bench`: run every benchmarks/bench_*.py (or those named on the command line)."""
+"""`make bench`: run every benchmarks/bench_*.py (or those named on the command line).
+
+The long studies (the ablation: ~30 min of training on 2 cores) run only when named, e.g.
+`python -m benchmarks.run_all bench_ablation` or `make ablation`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+LONG = {"bench_ablation"}  # minutes of training: only when asked for by name
+
 
 def main(argv: list[str]) -> None:
     here = Path(__file__).resolve().parent
-    names = argv or sorted(p.stem for p in here.glob("bench_*.py"))
+    names = argv or sorted(p.stem for p in here.glob("bench_*.py") if p.stem not in LONG)
     for name in names:
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
