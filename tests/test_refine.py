@@ -150,7 +150,8 @@ def test_cli_refines_a_real_sintel_flow(tmp_path, shared_data):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["regions"][0]["label"] == 40000
     pic = cv2.imread(str(tmp_path / "out_refine.png"))
-    assert pic is not None and pic.shape[0] == gt.shape[0] and pic.shape[1] > 3 * gt.shape[1]
+    # three tiles side by side, with titles above and the colour-wheel and error scales below
+    assert pic is not None and pic.shape[0] > gt.shape[0] and pic.shape[1] > 3 * gt.shape[1]
     m = seg > 0
     assert np.array_equal(out[~m], noisy[~m])  # only the region may change
     # The one region is refined: its flow changed, and the noise is gone from it ...

@@ -28,8 +28,9 @@ def _seg_from_store(store: str, frame: str) -> np.ndarray:
 
 
 def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray) -> np.ndarray:
-    """before | after | |after - before| (RGB), the two flows drawn on one colour scale."""
-    from unsamflow.pipeline.flow.viz import error_to_color, flow_to_color, hstack
+    """before | after | |after - before| (RGB), the two flows drawn on one colour scale, titled, with the
+    colour wheel's scale and the difference's scale in px below."""
+    from unsamflow.pipeline.flow.viz import annotate_panel, error_to_color, flow_to_color
     from unsamflow.pipeline.show import label_edges
 
     mag = float(np.linalg.norm(before, axis=2).max()) or 1.0
@@ -38,7 +39,7 @@ def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray)
     tiles = [flow_to_color(before, max_flow=mag), flow_to_color(after, max_flow=mag), error_to_color(diff)]
     for t in tiles[:2]:
         t[edges] = 0  # region outlines show what was fitted
-    return hstack(tiles)
+    return annotate_panel(tiles, ["before", "after", "|after - before|"], max_flow=mag, max_error=5.0)
 
 
 @click.command("refine")
@@ -59,7 +60,8 @@ def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray)
                    "below override it.")
 @click.option("--regions", default=None, help="all | largest-N | occluded-N  [default: the rule's]")
 @click.option("--ransac-thresh", default=None, type=float, help="Inlier distance (px)  [default: the rule's]")
-@click.option("--min-inlier-rate", default=None, type=float, help="[default: the rule's]")
+@click.option("--min-inlier-rate", default=None, type=float,
+              help="Fraction 0..1 of the visible pixels within --ransac-thresh px  [default: the rule's]")
 @click.option("--min-visible-frac", default=None, type=float,
               help="Least share of a region usable for the fit  [default: the rule's]")
 @click.option("--keep-inliers/--replace-all", default=None,
@@ -74,7 +76,14 @@ def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray)
 def refine(flow_path, seg_path, store, frame, occ_path, out_path, rule, regions, ransac_thresh,
            min_inlier_rate, min_visible_frac, keep_inliers, min_pixels, include_background, picture,
            report_path, seed) -> None:
-    """Fit a homography to each full_seg region's flow and replace the flow where it fits well."""
+    """Fit a homography to each full_seg region's flow and replace the flow where it fits well.
+
+    \b
+    Example:
+      python -m unsamflow.trainer refine --flow demo_out/data/training/flow/seq_000/frame_0001.flo \\
+          --store demo_out/masks/stores --frame training/clean/seq_000/frame_0001.png \\
+          --out refined.flo --picture refined.png
+    """
     from unsamflow.pipeline.flow.io import read_flow, read_label_png, read_mask_png, write_flow
     from unsamflow.pipeline.images import write_png
     from unsamflow.trainer.refine import refine_flow
