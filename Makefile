@@ -31,7 +31,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip 'setuptools>=77' wheel
 	$(BIN)/pip install -q $(TORCH)
 	# sam2 ships only a source archive whose build would fetch a second torch: build it against ours, no CUDA ext
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation 'sam2>=1.1'
