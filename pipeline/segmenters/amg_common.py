@@ -1,8 +1,6 @@
-"""What the SAM-family backends (`sam2`, `sam-hq`) share: optional imports, checked checkpoint loading,
-the device choice and the conversion of automatic-mask-generator records.
-
-`sam` (sam.py) predates this module and keeps its own copies; the behaviour is the same on purpose, so
-that every SAM-style backend fails the same way on the same mistakes.
+"""What the SAM-family backends (`sam`, `sam2`, `sam-hq`) share: optional imports, checked checkpoint
+loading, the device choice and the conversion of automatic-mask-generator records, so that every
+SAM-style backend fails the same way on the same mistakes.
 """
 
 from __future__ import annotations
@@ -19,8 +17,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 from unsamflow.pipeline.errors import BadInputError
 
-# Bytes per pixel of each mask candidate in flight (float32 logits, thresholded masks and the stability
-# score's comparisons, the transposed copy run lengths are taken from): as in sam.SamSegmenter.
+# Bytes per pixel of each mask candidate in flight: float32 logits at full resolution (4), the
+# thresholded masks and the stability score's comparisons (bool, 1 + 2), the transposed copy run
+# lengths are taken from (1).
 BYTES_PER_CANDIDATE_PIXEL = 8
 
 
@@ -45,6 +44,7 @@ def load_checked_state_dict(
     nested_key: str | None = None,
     optional_prefixes: tuple[str, ...] = (),
     describe: Callable[[dict[str, tuple[int, ...]]], str] | None = None,
+    list_keys: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Load a checkpoint with torch.load(weights_only=True) and check its keys and shapes.
 
@@ -52,7 +52,8 @@ def load_checked_state_dict(
     of `model_types` the file does fit. nested_key: the checkpoint may hold the state_dict under this key
     (SAM 2's files are {"model": state_dict}). optional_prefixes: keys the model has but a release may
     leave out because segmentation never uses them (they keep their initial values). describe(shapes):
-    what a mismatching file is, instead of trying every one of `model_types`.
+    what a mismatching file is, instead of trying every one of `model_types`. list_keys: name a few keys
+    of a file that is not a state_dict (`sam`'s message predates this and names only the type).
     """
     path = Path(path)
     types = list(model_types)
@@ -77,9 +78,10 @@ def load_checked_state_dict(
         state = state[nested_key]
     if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
         where = f" (or {{{nested_key!r}: state_dict}})" if nested_key else ""
+        keys = f" with keys {_some_keys(state)}" if list_keys else ""
         raise BadInputError(
             f"{backend} checkpoint {path}: not a {model_type} checkpoint (expected a state_dict{where}, a "
-            f"non-empty dict of tensors; got {type(state).__name__} with keys {_some_keys(state)})"
+            f"non-empty dict of tensors; got {type(state).__name__}{keys})"
         )
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     problem = mismatch(shapes, expected(model_type), optional_prefixes)
@@ -152,18 +154,23 @@ def check_image(image: np.ndarray, backend: str) -> None:
         )
 
 
-def compact_records(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Generator records ("uncompressed_rle" mode) in the contract's plain types; empty masks dropped."""
+def compact_records(raw: list[dict[str, Any]], round_boxes: bool = True) -> list[dict[str, Any]]:
+    """Generator records ("uncompressed_rle" mode) in the contract's plain types; empty masks dropped.
+
+    round_boxes: round "bbox" and "crop_box" to the nearest integer; False truncates them with int(), as
+    `sam` always has (segment-anything's boxes are integers already, so both give the same).
+    """
+    box = (lambda v: int(round(float(v)))) if round_boxes else int
     return [
         {
             "segmentation": {"size": [int(v) for v in r["segmentation"]["size"]],
                              "counts": r["segmentation"]["counts"]},
             "area": int(r["area"]),
-            "bbox": [int(round(float(v))) for v in r["bbox"]],
+            "bbox": [box(v) for v in r["bbox"]],
             "predicted_iou": float(r["predicted_iou"]),
             "stability_score": float(r["stability_score"]),
             "point_coords": [[float(v) for v in p] for p in r["point_coords"]],
-            "crop_box": [int(round(float(v))) for v in r["crop_box"]],
+            "crop_box": [box(v) for v in r["crop_box"]],
         }
         for r in raw
         if int(r["area"]) > 0

@@ -14,7 +14,6 @@ shape by shape against the chosen model type before any real model is built, so 
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from unsamflow.pipeline.errors import BadInputError
 from unsamflow.pipeline.images import file_sha256
+from unsamflow.pipeline.segmenters import amg_common as amg
 
 # Bump when a change of this file changes the records for the same config.
 WRAPPER_VERSION = 1
@@ -102,36 +102,16 @@ def load_sam_state_dict(path: str | Path, model_type: str, mmap: bool = False) -
 
     mmap: map the file instead of reading it (for checks that need only the keys and shapes).
     """
-    path = Path(path)
-    if model_type not in SAM_MODEL_TYPES:
-        raise BadInputError(f"sam: unknown model_type {model_type!r}; choose one of {_TYPES}")
-    if not path.is_file():
-        raise BadInputError(f"sam checkpoint not found: {path}")
-    try:
-        try:  # mapped, not read: checking a 2.5 GB checkpoint on the client costs no memory
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except RuntimeError:
-            if not mmap:
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as exc:  # torch raises pickle, zip and runtime errors for foreign files
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadInputError(
-            f"sam checkpoint {path}: not loadable as a {model_type} checkpoint with "
-            f"torch.load(weights_only=True): {msg}"
-        ) from None
-    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
-        raise BadInputError(
-            f"sam checkpoint {path}: not a {model_type} checkpoint (expected a state_dict, a non-empty "
-            f"dict of tensors; got {type(state).__name__})"
-        )
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    problem = _mismatch(shapes, _expected_shapes(model_type))
-    if problem:
-        fits = [t for t in SAM_MODEL_TYPES if t != model_type and not _mismatch(shapes, _expected_shapes(t))]
-        hint = f"it is a {fits[0]} checkpoint" if fits else f"it matches none of {sorted(SAM_MODEL_TYPES)}"
-        raise BadInputError(f"sam checkpoint {path}: not a {model_type} checkpoint ({problem}); {hint}")
-    return state
+    return amg.load_checked_state_dict(
+        path, "sam", model_type, _expected_shapes, SAM_MODEL_TYPES, mmap=mmap, describe=_describe,
+        list_keys=False,
+    )
+
+
+def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
+    """Which model type a mismatching file fits (the one asked for cannot: it mismatched)."""
+    fits = [t for t in SAM_MODEL_TYPES if not amg.mismatch(shapes, _expected_shapes(t))]
+    return f"it is a {fits[0]} checkpoint" if fits else f"it matches none of {sorted(SAM_MODEL_TYPES)}"
 
 
 class SamSegmenter:
@@ -221,85 +201,31 @@ class SamSegmenter:
             "output_mode": "binary_mask",
         }
 
-    # Bytes per pixel of each mask candidate in flight: float32 logits at full resolution (4), the
-    # thresholded masks and the stability score's comparisons (bool, 1 + 2), the transposed copy run
-    # lengths are taken from (1). Candidates in flight: points_per_batch x 3 (multimask output).
-    _BYTES_PER_CANDIDATE_PIXEL = 8
-
     def peak_bytes(self, shape: tuple[int, int]) -> int:
         """About the most host memory the generator takes for a frame of `shape` (its full-resolution
         batch). On a GPU the batch lives in device memory: CUDA's own out-of-memory error bounds it,
         and the segment stage records such a frame as bad."""
-        if self.device.type != "cpu":
-            return 0
-        candidates = self.options["points_per_batch"] * 3
-        return self._BYTES_PER_CANDIDATE_PIXEL * candidates * int(shape[0]) * int(shape[1])
+        # Candidates in flight: points_per_batch x 3 (multimask output).
+        return amg.peak_candidate_bytes(self.device, self.options["points_per_batch"] * 3, shape)
 
     def __call__(self, image: np.ndarray) -> list[dict[str, Any]]:
-        from unsamflow.pipeline.masks import rle_decode
-
-        records = self.segment_compact(image)
-        for r in records:
-            r["segmentation"] = np.ascontiguousarray(rle_decode(r["segmentation"]))
-        return records
+        return amg.decode_records(self.segment_compact(image))
 
     def segment_compact(self, image: np.ndarray) -> list[dict[str, Any]]:
         """The records with each "segmentation" as uncompressed RLE ({"size": [h, w], "counts": [...]},
         column-major), so that no full-resolution mask needs to exist."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise BadInputError(
-                f"sam segmenter: expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}"
-            )
+        amg.check_image(image, "sam")
         with torch.inference_mode():
             raw = self.generator.generate(image)
-        return [
-            {
-                "segmentation": {"size": [int(v) for v in r["segmentation"]["size"]],
-                                 "counts": r["segmentation"]["counts"]},
-                "area": int(r["area"]),
-                "bbox": [int(v) for v in r["bbox"]],
-                "predicted_iou": float(r["predicted_iou"]),
-                "stability_score": float(r["stability_score"]),
-                "point_coords": [[float(v) for v in p] for p in r["point_coords"]],
-                "crop_box": [int(v) for v in r["crop_box"]],
-            }
-            for r in raw
-            if int(r["area"]) > 0
-        ]
+        return amg.compact_records(raw, round_boxes=False)
 
 
 def _expected_shapes(model_type: str) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of `model_type`, from a model built on the meta device (no memory, ~0.1 s)."""
-    with torch.device("meta"):
-        model = SAM_MODEL_TYPES[model_type]()
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _mismatch(got: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> str:
-    """'' when the key sets and shapes agree, else a short description of the first differences."""
-    missing = sorted(set(want) - set(got))
-    unexpected = sorted(set(got) - set(want))
-    wrong = [k for k in want if k in got and got[k] != want[k]]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys, e.g. {missing[0]!r}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]!r}")
-    if wrong:
-        k = wrong[0]
-        parts.append(f"{len(wrong)} keys with other shapes, e.g. {k!r} is {got[k]}, expected {want[k]}")
-    return "; ".join(parts)
+    return amg.shapes_of(SAM_MODEL_TYPES[model_type])
 
 
 def _resolve_device(device: str) -> torch.device:
     """"auto": the device the cluster gave this worker ($UNSAMFLOW_DEVICE: "cuda:0" on a worker pinned
     to one GPU, "cpu" on a CPU worker, so a CPU worker never grabs a GPU), else cuda when available."""
-    if device == "auto":
-        device = os.environ.get("UNSAMFLOW_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise BadInputError(f"sam: bad device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInputError(f"sam: device {device!r} requested but CUDA is not available on this machine")
-    return dev
+    return amg.resolve_device(device, "sam")
