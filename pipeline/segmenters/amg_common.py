@@ -147,6 +147,15 @@ def resolve_device(device: str, backend: str) -> torch.device:
     return dev
 
 
+def check_point_counts(backend: str, points_per_side: int, points_per_batch: int) -> None:
+    """The generators' point grid and batch must be positive; refused before any model is built."""
+    if points_per_side < 1 or points_per_batch < 1:
+        raise BadInputError(
+            f"{backend}: points_per_side and points_per_batch must be >= 1, got {points_per_side}, "
+            f"{points_per_batch}"
+        )
+
+
 def check_image(image: np.ndarray, backend: str) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise BadInputError(

@@ -147,11 +147,7 @@ class SamSegmenter:
         crop_n_points_downscale_factor: int = 1,
         min_mask_region_area: int = 0,
     ) -> None:
-        if points_per_side < 1 or points_per_batch < 1:
-            raise BadInputError(
-                f"sam: points_per_side and points_per_batch must be >= 1, got {points_per_side}, "
-                f"{points_per_batch}"
-            )
+        amg.check_point_counts("sam", points_per_side, points_per_batch)
         self.checkpoint = Path(checkpoint)
         self.model_type = model_type
         self.device = _resolve_device(device)

@@ -204,11 +204,7 @@ class Sam2Segmenter:
         use_m2m: bool = False,
         multimask_output: bool = True,
     ) -> None:
-        if points_per_side < 1 or points_per_batch < 1:
-            raise BadInputError(
-                f"{BACKEND}: points_per_side and points_per_batch must be >= 1, got {points_per_side}, "
-                f"{points_per_batch}"
-            )
+        amg.check_point_counts(BACKEND, points_per_side, points_per_batch)
         amg.require("sam2", BACKEND, EXTRA)
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 

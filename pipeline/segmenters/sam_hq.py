@@ -170,11 +170,7 @@ class SamHqSegmenter:
         min_mask_region_area: int = 0,
         multimask_output: bool = True,
     ) -> None:
-        if points_per_side < 1 or points_per_batch < 1:
-            raise BadInputError(
-                f"{BACKEND}: points_per_side and points_per_batch must be >= 1, got {points_per_side}, "
-                f"{points_per_batch}"
-            )
+        amg.check_point_counts(BACKEND, points_per_side, points_per_batch)
         pkg = _package()
         self.checkpoint = Path(checkpoint)
         self.model_type = model_type
