@@ -35,6 +35,8 @@ class SegmentResult:
     segmenter_s: float = 0.0  # inside the segmenter's calls, summed over workers
     task_s: float = 0.0  # inside shard tasks (read, segment, derive, write), summed over workers
     build_s: float = 0.0  # building segmenters (imports, weights), summed over workers
+    startup_s: float = 0.0  # starting the local cluster (or connecting to one) until workers are up
+    phases_s: dict[str, float] = field(default_factory=dict)  # per-frame phase -> seconds, summed (PHASES)
     dashboard: str | None = None
 
     def to_dict(self) -> dict:
@@ -52,6 +54,9 @@ class SegmentResult:
             f"time: {self.wall_s:.1f} s wall, {rate:.2f} frames/s; summed over workers: segmenter "
             f"{self.segmenter_s:.1f} s of {self.task_s:.1f} s in tasks (+{self.build_s:.1f} s building it)",
         ]
+        if self.frames and self.phases_s:
+            per = ", ".join(f"{k} {1e3 * v / self.frames:.1f}" for k, v in self.phases_s.items())
+            lines.append(f"per frame (ms, summed over threads): {per}")
         for shard, why in sorted(self.repaired.items()):
             lines.append(f"  repair {shard}: {why}")
         for frame, reason in sorted(self.bad.items()):
@@ -179,10 +184,11 @@ def segment_shards(
         bar.close()
         return res
 
-    def on_event(event) -> None:
+    def on_event(event) -> None:  # a batch of frames of one task (segment.ProgressSink)
         msg = event[1] if isinstance(event, tuple) else event
-        if bar.n < bar.total:  # a retried shard reports its frames again
-            bar.update(1)
+        done = min(int(msg.get("frames", 1)), bar.total - bar.n)  # a retried shard reports its frames again
+        if done > 0:
+            bar.update(done)
         if msg.get("masks") is not None:
             bar.set_postfix_str(f"last: {msg['masks']} masks", refresh=False)
 
@@ -219,6 +225,8 @@ def segment_shards(
             res.segmenter_s += stats["segmenter_s"]
             res.task_s += stats["task_s"]
             res.build_s += stats["build_s"]
+            for phase, seconds in stats.get("phases_s", {}).items():
+                res.phases_s[phase] = res.phases_s.get(phase, 0.0) + seconds
     finally:
         res.wall_s = time.perf_counter() - t0
         with contextlib.suppress(Exception):  # the scheduler may be gone; nothing left to listen to

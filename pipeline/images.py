@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import cv2
@@ -56,17 +57,31 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])
 
 
-def read_rgb(path: str | Path, name: str | None = None) -> tuple[np.ndarray, str]:
-    """Read a frame: (H x W x 3 uint8 RGB, sha256 of the file bytes)."""
+def read_rgb(path: str | Path, name: str | None = None, timings: dict[str, float] | None = None
+             ) -> tuple[np.ndarray, str]:
+    """Read a frame: (H x W x 3 uint8 RGB, sha256 of the file bytes).
+
+    `timings`: seconds spent reading, hashing and decoding are added to its "read", "hash" and
+    "decode" entries (the segment stage's per-phase profile).
+    """
     path = Path(path)
     label = name or str(path)
+    t0 = time.perf_counter()
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise BadFrameError(label, f"file not found: {path}") from None
     except OSError as exc:
         raise BadFrameError(label, f"cannot read {path}: {exc.strerror or exc}") from None
-    return decode_rgb(data, label), sha256_bytes(data)
+    t1 = time.perf_counter()
+    sha = sha256_bytes(data)
+    t2 = time.perf_counter()
+    rgb = decode_rgb(data, label)
+    if timings is not None:
+        t3 = time.perf_counter()
+        for key, dt in (("read", t1 - t0), ("hash", t2 - t1), ("decode", t3 - t2)):
+            timings[key] = timings.get(key, 0.0) + dt
+    return rgb, sha
 
 
 def write_png(path: str | Path, img: np.ndarray) -> Path:

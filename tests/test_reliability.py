@@ -405,7 +405,7 @@ def test_sam_frame_over_the_budget_is_refused_before_the_generator_runs(tmp_path
     frame dies of; its estimate is checked before the call. Its run-length output equals its masks."""
     from unsamflow.pipeline.errors import BadFrameError
     from unsamflow.pipeline.masks import CropMasks
-    from unsamflow.pipeline.segment import segment_frame
+    from unsamflow.pipeline.segment import frame_masks, segment_frame
     from unsamflow.pipeline.segmenters import build_segmenter
     from unsamflow.pipeline.segmenters.sam import write_tiny_sam_checkpoint
 
@@ -417,8 +417,9 @@ def test_sam_frame_over_the_budget_is_refused_before_the_generator_runs(tmp_path
     need = seg.peak_bytes((48, 64))
     assert need == 8 * 64 * 3 * 48 * 64
     with pytest.raises(BadFrameError, match="needs about .* over the per-frame budget"):
-        segment_frame(seg, image, "s/f.png", need - 1, spec, check=False)
-    records, masks = segment_frame(seg, image, "s/f.png", need + (1 << 20), spec, check=False)
+        segment_frame(seg, image, "s/f.png", need - 1, spec)
+    raw = segment_frame(seg, image, "s/f.png", need + (1 << 20), spec)
+    records, masks = frame_masks(raw, (48, 64), "s/f.png", need + (1 << 20), spec, check=False)
     full = seg(image)
     assert len(full) == len(masks) > 0 and "segmentation" not in records[0]
     assert np.array_equal(CropMasks.from_records(full, (48, 64)).to_stack(), masks.to_stack())

@@ -102,33 +102,48 @@ def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num
             if not allow_partial:
                 raise BadInputError("dataset incomplete (see above); pass --allow-partial to go on")
     _save_if_changed(manifest, manifest_path)
+    stages: dict[str, float] = {}
+    mark = t0
+
+    def stage(name: str) -> None:  # seconds since the previous stage ended (the first: since the start)
+        nonlocal mark
+        now = time.perf_counter()
+        stages[name], mark = now - mark, now
+
+    stage("manifest")
     click.echo(f"[1/6] manifest: {summary(manifest)} -> {manifest_path}")
 
     shard_paths = write_shards(manifest, num_shards, out / "shards",
                                remedy="give the --shards count of the earlier run, or another --out")
+    stage("shard")
     click.echo(f"[2/6] shard: {len(shard_paths)} shards -> {out / 'shards'}")
 
     click.echo(f"[3/6] segment with {spec.name} (+derive) ...")
     result = run_segment(out / "shards", stores, spec, derive_config, cluster, retries, progress=progress,
                          repair=repair)
+    stage("segment")
     click.echo(result.summary())
 
     index = build_index(stores, manifest=manifest)  # records the manifest's bad pairs for training
+    stage("index")
     click.echo(f"[4/6] index: {len(index.frame_ids)} frames -> {stores / 'index.json'}")
 
     report = verify(stores, manifest, check_hashes=not no_hash, progress=progress)
+    stage("verify")
     click.echo(f"[5/6] verify: {'ok' if report.ok else 'PROBLEMS'}")
     for line in report.lines:
         click.echo(f"  {line}")
 
     pics = render_frames(stores, index.frame_ids[:pictures], out / "pictures") if pictures else []
+    stage("pictures")
     click.echo(f"[6/6] pictures: {len(pics)} -> {out / 'pictures'}")
-    click.echo(f"done in {time.perf_counter() - t0:.1f} s: stores in {stores}")
+    times = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
+    click.echo(f"done in {time.perf_counter() - t0:.1f} s ({times}): stores in {stores}")
     status = exit_status(result, skip_bad)
     if summary_ is not None:
         summary_.update(manifest=str(manifest_path), frames=len(manifest.frames), shards=len(shard_paths),
                         segment=result.to_dict(), index=str(stores / "index.json"), verify=report.to_dict(),
-                        pictures=[str(p) for p in pics], wall_s=time.perf_counter() - t0)
+                        pictures=[str(p) for p in pics], stages_s=stages, wall_s=time.perf_counter() - t0)
     return status or (0 if report.ok or (skip_bad and report.only_bad_frames) else 1)
 
 

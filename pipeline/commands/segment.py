@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -47,7 +48,9 @@ def run_segment(
         click.echo(f"repair {name}: {why}", err=True)
     if not plan.todo:  # nothing to do: no cluster to start
         return segment_shards(files, out, spec, derive_config, None, plan=plan, progress=progress)
+    t0 = time.perf_counter()
     with open_cluster(cluster) as client:
+        startup = time.perf_counter() - t0
         # A local cluster started with --no-dashboard serves none, whatever link Dask makes up for it.
         has_dashboard = cluster.scheduler or cluster.slurm or cluster.dashboard is not None
         if progress and has_dashboard and client.dashboard_link:
@@ -55,6 +58,7 @@ def run_segment(
         result = segment_shards(files, out, spec, derive_config, client, retries=retries, progress=progress,
                                 plan=plan, worker_timeout=cluster.worker_timeout,
                                 frame_memory=cluster.frame_memory, repair=repair)
+        result.startup_s = startup
         if not has_dashboard:
             result.dashboard = None
     if result.failed and not result.written and not result.skipped:
