@@ -9,6 +9,7 @@ shard. One frame that fails (memory budget, segmenter error) is recorded bad; it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -24,6 +25,12 @@ from unsamflow.pipeline.segmenters.base import Segmenter, SegmenterSpec
 PROGRESS_TOPIC = "unsamflow-progress"
 
 _CACHE: dict[str, Segmenter] = {}
+_BUILD_LOCK = threading.Lock()  # tasks on two threads of one worker build one model, not two
+# One frame at a time in the worker's segmenter: SAM's generator keeps the image it works on in the
+# model (set_image), so two threads calling it at once would mix frames, and a GPU runs one batch at a
+# time anyway. With --threads-per-worker 2 a worker still gains: while one task waits here, another
+# reads, crops, derives and writes, so the segmenter never idles between shards.
+_CALL_LOCK = threading.Lock()
 
 
 def worker_segmenter(spec: SegmenterSpec) -> Segmenter:
@@ -33,15 +40,16 @@ def worker_segmenter(spec: SegmenterSpec) -> Segmenter:
     SAM models never share one GPU.
     """
     key = spec.key()
-    seg = _CACHE.get(key)
-    if seg is None:
-        from unsamflow.pipeline.segmenters import build_segmenter
+    with _BUILD_LOCK:
+        seg = _CACHE.get(key)
+        if seg is None:
+            from unsamflow.pipeline.segmenters import build_segmenter
 
-        _CACHE.clear()
-        seg = _CACHE[key] = build_segmenter(spec)
-        threads = os.environ.get("UNSAMFLOW_TORCH_THREADS")
-        if threads and "torch" in sys.modules:  # only segmenters that use torch pay for importing it
-            sys.modules["torch"].set_num_threads(int(threads))
+            _CACHE.clear()
+            seg = _CACHE[key] = build_segmenter(spec)
+            threads = os.environ.get("UNSAMFLOW_TORCH_THREADS")
+            if threads and "torch" in sys.modules:  # only segmenters that use torch pay for importing it
+                sys.modules["torch"].set_num_threads(int(threads))
     return seg
 
 
@@ -96,13 +104,15 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | None,
-                  spec: SegmenterSpec) -> list[dict]:
+                  spec: SegmenterSpec, timings: dict[str, float] | None = None) -> list[dict]:
     """The segmenter's records of one frame (run-length masks where it offers them), or BadFrameError
     when the frame cannot fit.
 
     A segmenter may say what a frame will cost it (`peak_bytes(shape)`, e.g. SAM's full-resolution
     mask logits): a frame over the budget is then refused before the call that would kill the worker.
     Only the segmenter runs here; turning its records into masks is `frame_masks`, on another thread.
+    A segmenter that is not `thread_safe` is called by one thread of the worker at a time (_CALL_LOCK);
+    `timings` gets the seconds waited for it ("wait") and spent in it ("segment").
     """
     from unsamflow.pipeline.masks import fmt_bytes
 
@@ -114,8 +124,17 @@ def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | 
             f"for a {shape[0]}x{shape[1]} (HxW) frame, over the per-frame budget of {fmt_bytes(budget)} "
             "(--frame-memory); raise it or lower the segmenter's batch size")
     call = getattr(seg, "segment_compact", seg)  # run-length masks where the segmenter offers them
+    lock = contextlib.nullcontext() if getattr(seg, "thread_safe", False) else _CALL_LOCK
+    t0 = time.perf_counter()
     try:
-        return call(rgb)
+        with lock:
+            t1 = time.perf_counter()
+            try:
+                return call(rgb)
+            finally:
+                if timings is not None:
+                    timings["wait"] = timings.get("wait", 0.0) + t1 - t0
+                    timings["segment"] = timings.get("segment", 0.0) + time.perf_counter() - t1
     except Exception as exc:
         if _is_out_of_memory(exc):
             raise BadFrameError(frame_id, f"out of memory in segmenter {spec.name!r} for a "
@@ -225,7 +244,7 @@ def read_ahead(shard: Manifest, timings: dict[str, float] | None = None):
 
 
 # Per-frame phases of a task, in order; their seconds are summed per shard (stats["phases_s"]).
-PHASES = ("read", "hash", "decode", "segment", "stack", "derive", "encode", "write")
+PHASES = ("read", "hash", "decode", "wait", "segment", "stack", "derive", "encode", "write")
 
 
 def segment_shard(
@@ -331,9 +350,8 @@ def segment_shard(
                     continue
                 readable += 1
                 shape = (int(rgb.shape[0]), int(rgb.shape[1]))
-                t0 = time.perf_counter()
                 try:
-                    records = segment_frame(seg, rgb, frame.id, budget, spec)
+                    records = segment_frame(seg, rgb, frame.id, budget, spec, phases)
                 except BadFrameError as exc:
                     after_previous(bad, frame.id, exc.reason)
                     continue
@@ -345,7 +363,6 @@ def segment_shard(
                     after_previous(bad, frame.id, why)
                     continue
                 finally:
-                    stats["segmenter_s"] += time.perf_counter() - t0
                     del rgb
                 after_previous(finish, frame.id, shape, sha, records)
                 del records
@@ -357,6 +374,6 @@ def segment_shard(
         writer.commit()
         phases["write"] += time.perf_counter() - t0
     progress.flush()
-    phases["segment"] = stats["segmenter_s"]
+    stats["segmenter_s"] = phases["segment"]
     stats["task_s"] = time.perf_counter() - t_start
     return stats

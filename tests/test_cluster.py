@@ -4,6 +4,7 @@ import os
 
 import pytest
 from unsamflow.pipeline.cluster import (
+    GPU_WORKER_THREADS,
     MALLOC_ENV,
     ClusterConfig,
     local_worker_specs,
@@ -19,7 +20,10 @@ def test_local_gpu_workers_are_pinned_one_per_device():
     with open_cluster(cfg) as client:
         client.wait_for_workers(2)
         seen = client.run(lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ["UNSAMFLOW_DEVICE"]))
+        threads = client.nthreads()
     assert sorted(seen.values()) == [("3", "cuda:0"), ("5", "cuda:0")]
+    # Two task threads per GPU: they take turns in the model (segment._CALL_LOCK), one prepares meanwhile.
+    assert sorted(threads.values()) == [GPU_WORKER_THREADS, GPU_WORKER_THREADS] == [2, 2]
 
 
 def _start_environment() -> list[bytes]:

@@ -142,7 +142,8 @@ def cluster_options(f):
     @click.option("--workers", type=click.IntRange(min=1), default=None,
                   help="Local workers (default: one per GPU, else min(cores, 4)).")
     @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
-                  help="Threads per local worker: shards one worker segments at once (each holds a frame).")
+                  help="Threads per local CPU worker: shards one worker segments at once (each holds a "
+                       "frame). GPU workers run 2: tasks take turns on the GPU, one prepares as one waits.")
     @click.option("--scheduler", default=None, metavar="ADDRESS",
                   help="Use a running Dask scheduler, e.g. tls://head-node:8786 (with --tls-*). "
                        "Without it the command starts a local cluster bound to 127.0.0.1.")

@@ -56,6 +56,7 @@ class GraphSegmenter:
     """
 
     name = "graph"
+    thread_safe = True  # no state between calls: worker threads may segment at once (CPU-bound)
 
     def __init__(
         self,

@@ -1,0 +1,163 @@
+"""What the segment stage does to keep up with a GPU: the segmenter alone on the task's thread, turns
+in the model for a worker's threads, run-length crops decoded within their box, batched progress, and
+the simulated-GPU plug-in of benchmarks/bench_scaling through the normal plug-in path."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
+from unsamflow.pipeline.derive import DeriveConfig
+from unsamflow.pipeline.dispatch import segment_shards
+from unsamflow.pipeline.manifest import Frame, Manifest
+from unsamflow.pipeline.masks import CropMasks, rle_crop, rle_decode
+from unsamflow.pipeline.segment import PHASES, ProgressSink, segment_frame, segment_shard
+from unsamflow.pipeline.segmenters import build_segmenter
+from unsamflow.pipeline.segmenters.base import SegmenterSpec
+from unsamflow.pipeline.shard import write_shards
+from unsamflow.pipeline.store import MaskStore
+from unsamflow.pipeline.store.codec import tight_box
+
+from benchmarks.replay_segmenter import REPLAY_FACTORY, build_cache, to_uncompressed_rle
+
+
+def test_run_length_crop_equals_decoding_the_whole_frame():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        h, w = (int(v) for v in rng.integers(1, 10, 2))
+        mask = rng.random((h, w)) < rng.choice([0.0, 0.1, 0.5, 1.0])
+        if rng.random() < 0.3:  # one small blob: boxes that do not touch the frame's edges
+            mask[:] = False
+            y, x = rng.integers(0, h), rng.integers(0, w)
+            mask[y : y + rng.integers(1, 4), x : x + rng.integers(1, 4)] = True
+        rle = to_uncompressed_rle(mask)
+        full = rle_decode(rle)
+        box, crop = rle_crop(rle)
+        y, x, bh, bw = tight_box(full)
+        assert box == (y, x, bh, bw)
+        assert crop.flags.c_contiguous and np.array_equal(crop, full[y : y + bh, x : x + bw])
+
+
+def test_run_length_crop_refuses_counts_that_do_not_cover_the_frame():
+    from unsamflow.pipeline.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="sum to 5, not 2x3 = 6"):
+        rle_crop({"size": [2, 3], "counts": [1, 4]})
+
+
+class _Recorder:
+    """A segmenter that notes how many threads are inside it at once."""
+
+    name, version = "recorder", "1"
+
+    def __init__(self, thread_safe: bool):
+        self.thread_safe = thread_safe
+        self.inside = self.most = 0
+        self.lock = threading.Lock()
+
+    def config(self):
+        return {}
+
+    def __call__(self, image):
+        with self.lock:
+            self.inside += 1
+            self.most = max(self.most, self.inside)
+        time.sleep(0.05)
+        with self.lock:
+            self.inside -= 1
+        return []
+
+
+@pytest.mark.parametrize("thread_safe", [False, True])
+def test_a_workers_threads_take_turns_in_a_segmenter_unless_it_is_thread_safe(thread_safe):
+    seg = _Recorder(thread_safe)
+    image = np.zeros((8, 8, 3), np.uint8)
+    timings: list[dict] = [{} for _ in range(4)]
+    threads = [threading.Thread(target=segment_frame, args=(seg, image, f"f{i}", None,
+                                                           SegmenterSpec("recorder"), timings[i]))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seg.most == (4 if thread_safe else 1)
+    assert all(t["segment"] >= 0.05 for t in timings)
+    waited = sum(t["wait"] for t in timings)
+    assert waited > 0.1 if not thread_safe else waited < 0.05
+
+
+def test_progress_goes_in_batches_with_counts():
+    sent: list[dict] = []
+    sink = ProgressSink(interval=3600)
+    sink._send = sent.append
+    for i in range(5):
+        sink.frame(i)
+    sink.frame(None)
+    assert sent == []  # nothing due within the interval
+    sink.flush()
+    assert sent == [{"frames": 6, "bad": 1, "masks": 4}]
+    sink.flush()
+    assert len(sent) == 1  # nothing new, nothing sent
+    sink = ProgressSink(interval=0)
+    sink._send = sent.append
+    sink.frame(3)
+    assert sent[-1] == {"frames": 1, "bad": 0, "masks": 3}
+
+
+@pytest.fixture(scope="module")
+def replay_data(shared_data, tmp_path_factory) -> tuple[Manifest, Path]:
+    """Six small real frames and the replay cache of their `graph` records."""
+    root = tmp_path_factory.mktemp("replay")
+    frames, images = [], []
+    for src in sorted((shared_data / "video" / "judo").glob("*.jpg"))[:6]:
+        bgr = cv2.resize(cv2.imread(str(src)), (160, 90), interpolation=cv2.INTER_AREA)
+        (root / "judo").mkdir(exist_ok=True)
+        cv2.imwrite(str(root / "judo" / (src.stem + ".png")), bgr)
+        frames.append(Frame(f"judo/{src.stem}.png", "judo"))
+        images.append((src.stem, bgr[..., ::-1].copy()))
+    cache = root / "replay.pkl"
+    seg = build_segmenter(SegmenterSpec("graph", {"max_side": 160, "min_area": 64}))
+    made = build_cache(images, cache, seg)
+    assert made["frames"] == 6 and made["masks"] > 6
+    return Manifest("folder", str(root), frames), cache
+
+
+def test_replayed_records_make_the_stores_the_real_segmenter_makes(replay_data, tmp_path):
+    """The plug-in (module:factory) sleeps, then replays; its stores hold what `graph` gives, and the
+    task reports the time of every phase."""
+    manifest, cache = replay_data
+    shard = write_shards(manifest, 1, tmp_path / "shards")[0]
+    replay = SegmenterSpec(REPLAY_FACTORY, {"cache": str(cache), "seconds": 0.02})
+    graph = SegmenterSpec("graph", {"max_side": 160, "min_area": 64})
+    stats = segment_shard(str(shard), str(tmp_path / "replay.h5"), replay, DeriveConfig().to_dict())
+    segment_shard(str(shard), str(tmp_path / "graph.h5"), graph, DeriveConfig().to_dict())
+    assert stats["frames"] == 6 and not stats["bad"]
+    assert set(stats["phases_s"]) == set(PHASES) and stats["phases_s"]["segment"] >= 6 * 0.02
+    assert stats["segmenter_s"] == stats["phases_s"]["segment"]
+    with MaskStore(tmp_path / "replay.h5") as a, MaskStore(tmp_path / "graph.h5") as b:
+        assert a.frame_ids == b.frame_ids
+        for fid in a.frame_ids:
+            fa, fb = a.read(fid), b.read(fid)
+            assert np.array_equal(fa.masks, fb.masks) and np.array_equal(fa.full_seg, fb.full_seg)
+            assert np.array_equal(fa.key_objects, fb.key_objects) and np.array_equal(fa.bbox, fb.bbox)
+            assert CropMasks.from_stack(fa.masks).boxes.shape == (len(fa.masks), 4)
+
+
+def test_two_threads_of_one_worker_share_the_simulated_gpu(replay_data, tmp_path):
+    """One worker with 2 threads (a GPU worker's setting): the shards finish, the model is built once,
+    and the threads' segmenter time never overlaps (their waits show it); progress counts every frame."""
+    manifest, cache = replay_data
+    shards = write_shards(manifest, 3, tmp_path / "shards")
+    spec = SegmenterSpec(REPLAY_FACTORY, {"cache": str(cache), "seconds": 0.1})
+    with open_cluster(ClusterConfig(workers=1, threads_per_worker=2, dashboard=None)) as client:
+        res = segment_shards(shards, tmp_path / "stores", spec, DeriveConfig().to_dict(), client,
+                             progress=False)
+    assert res.written == 3 and res.frames == 6 and not res.bad and not res.failed
+    assert res.phases_s["wait"] > 0.05  # the other thread held the model meanwhile
+    assert res.wall_s >= 6 * 0.1  # one frame at a time in the model
+    assert "per frame (ms, summed over threads): read" in res.summary()
