@@ -24,7 +24,7 @@ from unsamflow.pipeline.manifest import Manifest
 from unsamflow.pipeline.progress import bar_disable
 from unsamflow.pipeline.shard import manifest_sha256
 from unsamflow.pipeline.store import FrameMasks, MaskStore
-from unsamflow.pipeline.store.codec import tight_box
+from unsamflow.pipeline.store.codec import tight_boxes
 from unsamflow.pipeline.store.index import (
     INDEX_NAME,
     Index,
@@ -64,14 +64,14 @@ class VerifyReport:
         return "\n".join([head, *self.lines])
 
 
-def bbox_consistent(bbox: np.ndarray, mask: np.ndarray) -> bool:
-    """XYWH bbox matches the mask's extent, in either convention (w = x_max - x_min, as SAM
-    writes it, or the pixel count x_max - x_min + 1); an empty mask has an all-zero bbox."""
-    ty, tx, th, tw = tight_box(mask)
-    if th == 0:
-        return not np.any(bbox)
-    x, y, w, h = (int(v) for v in bbox)
-    return x == tx and y == ty and w in (tw - 1, tw) and h in (th - 1, th)
+def bboxes_consistent(bbox: np.ndarray, extents: np.ndarray) -> np.ndarray:
+    """Per mask: does its XYWH bbox match its tight (y, x, h, w) extent, in either convention (w = x_max -
+    x_min, as SAM writes it, or the pixel count x_max - x_min + 1)? An empty mask has an all-zero bbox."""
+    bbox = np.asarray(bbox, np.int64).reshape(-1, 4)
+    ty, tx, th, tw = np.asarray(extents, np.int64).reshape(-1, 4).T
+    x, y, w, h = bbox.T
+    inside = (x == tx) & (y == ty) & ((w == tw - 1) | (w == tw)) & ((h == th - 1) | (h == th))
+    return np.where(th == 0, ~bbox.any(axis=1), inside)
 
 
 def check_frame(fm: FrameMasks) -> list[str]:
@@ -85,9 +85,8 @@ def check_frame(fm: FrameMasks) -> list[str]:
     sums = fm.masks.reshape(n, -1).sum(axis=1) if n else np.zeros(0, np.int64)
     for i in np.flatnonzero(sums != fm.area):
         out.append(f"{where}, mask {i}: stored area {fm.area[i]} != {sums[i]} decoded pixels")
-    for i in range(n):
-        if not bbox_consistent(fm.bbox[i], fm.masks[i]):
-            out.append(f"{where}, mask {i}: bbox {fm.bbox[i].tolist()} does not match the mask's extent")
+    for i in np.flatnonzero(~bboxes_consistent(fm.bbox, tight_boxes(fm.masks))) if n else ():
+        out.append(f"{where}, mask {i}: bbox {fm.bbox[i].tolist()} does not match the mask's extent")
     if fm.full_seg.shape != fm.image_shape:
         out.append(f"{where}: full_seg shape {fm.full_seg.shape} != image shape {fm.image_shape}")
     elif fm.full_seg.size and int(fm.full_seg.max()) > n:

@@ -85,3 +85,28 @@ def test_sam_device_auto_follows_the_device_the_cluster_gave_the_worker(monkeypa
     assert _resolve_device("auto") == torch.device("cuda:0")
     monkeypatch.delenv("UNSAMFLOW_DEVICE")
     assert _resolve_device("auto") == torch.device("cuda")
+
+
+def test_visible_gpus_come_from_the_driver_and_cuda_visible_devices_without_torch(tmp_path):
+    """The client counts GPUs without importing torch (~550 MB, seconds), and pins workers to the ids
+    CUDA_VISIBLE_DEVICES names (a worker given "0" under CUDA_VISIBLE_DEVICES=2,3 would use GPU 0)."""
+    import subprocess
+    import sys
+
+    from unsamflow.pipeline.cluster import visible_gpus
+
+    driver = tmp_path / "gpus"
+    assert visible_gpus({}, driver) == []  # no driver: CPU workers, whatever the environment says
+    driver.mkdir()
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0"}, driver) == []  # a driver with no GPU
+    for bus in ("0000:01:00.0", "0000:41:00.0", "0000:81:00.0"):
+        (driver / bus).mkdir()
+    assert visible_gpus({}, driver) == ["0", "1", "2"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,1"}, driver) == ["2", "1"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,2"}, driver) == ["1"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, driver) == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f1c"}, driver) == ["GPU-8f1c"]
+    code = ("import sys; from unsamflow.pipeline.cluster import ClusterConfig, local_worker_specs; "
+            "local_worker_specs(ClusterConfig(workers=1)); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

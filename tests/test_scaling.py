@@ -15,7 +15,7 @@ from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
 from unsamflow.pipeline.derive import DeriveConfig
 from unsamflow.pipeline.dispatch import segment_shards
 from unsamflow.pipeline.manifest import Frame, Manifest
-from unsamflow.pipeline.masks import CropMasks, rle_crop, rle_decode
+from unsamflow.pipeline.masks import CropMasks, rle_crop, rle_crops, rle_decode
 from unsamflow.pipeline.segment import PHASES, ProgressSink, segment_frame, segment_shard
 from unsamflow.pipeline.segmenters import build_segmenter
 from unsamflow.pipeline.segmenters.base import SegmenterSpec
@@ -46,8 +46,11 @@ def test_run_length_crop_equals_decoding_the_whole_frame():
 def test_run_length_crop_refuses_counts_that_do_not_cover_the_frame():
     from unsamflow.pipeline.errors import BadInputError
 
-    with pytest.raises(BadInputError, match="sum to 5, not 2x3 = 6"):
+    with pytest.raises(BadInputError, match="RLE mask 0: counts must be non-negative and sum to 2x3 = 6 "
+                                            "pixels, they sum to 5"):
         rle_crop({"size": [2, 3], "counts": [1, 4]})
+    with pytest.raises(BadInputError, match="RLE mask 1: counts must be non-negative"):
+        rle_crops([{"size": [2, 3], "counts": [6]}, {"size": [2, 3], "counts": [7, -1]}], (2, 3))
 
 
 class _Recorder:
@@ -161,3 +164,29 @@ def test_two_threads_of_one_worker_share_the_simulated_gpu(replay_data, tmp_path
     assert res.phases_s["wait"] > 0.05  # the other thread held the model meanwhile
     assert res.wall_s >= 6 * 0.1  # one frame at a time in the model
     assert "per frame (ms, summed over threads): read" in res.summary()
+
+
+def test_all_masks_of_a_frame_crop_at_once_as_one_by_one():
+    """rle_crops on many masks (some empty, some spanning columns, tiny batches) == per-mask decoding."""
+    import unsamflow.pipeline.masks as masks_module
+
+    rng = np.random.default_rng(1)
+    H, W = 23, 31
+    segs, full = [], []
+    for k in range(60):
+        m = np.zeros((H, W), bool)
+        if k % 7:  # every 7th mask is empty
+            y, x = rng.integers(0, H), rng.integers(0, W)
+            m[y : y + rng.integers(1, H), x : x + rng.integers(1, W)] = rng.random() < 0.5 or k % 3 == 0
+            m &= rng.random((H, W)) < 0.9
+        segs.append(to_uncompressed_rle(m))
+        full.append(m)
+    for batch in (masks_module.RLE_BATCH_BYTES, 1, 200):
+        old, masks_module.RLE_BATCH_BYTES = masks_module.RLE_BATCH_BYTES, batch
+        try:
+            boxes, crops = rle_crops(segs, (H, W))
+        finally:
+            masks_module.RLE_BATCH_BYTES = old
+        for m, box, crop in zip(full, boxes, crops, strict=True):
+            y, x, h, w = tight_box(m)
+            assert tuple(box) == (y, x, h, w) and np.array_equal(crop, m[y : y + h, x : x + w])
