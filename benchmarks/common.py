@@ -40,14 +40,28 @@ def machine() -> dict:
     }
 
 
-def write_results(name: str, rows: list[dict], notes: str = "") -> Path:
-    """Write benchmarks/results/<name>.json and <name>.md; returns the Markdown path."""
+_RESERVED = ("benchmark", "machine", "rows", "notes")
+
+
+def write_results(name: str, rows: list[dict], notes: str = "", summary: dict | None = None) -> Path:
+    """Write benchmarks/results/<name>.json and <name>.md; returns the Markdown path.
+
+    `summary`: headline figures (name -> JSON value), merged at the top level of the JSON beside
+    benchmark / machine / rows / notes (which it must not redefine) and listed in the Markdown above
+    the table.
+    """
+    summary = dict(summary or {})
+    clash = sorted(set(summary) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"write_results: summary keys {clash} are reserved")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps({"benchmark": name, "machine": machine(), "rows": rows, "notes": notes}, indent=1)
-    )
+    doc = {"benchmark": name, "machine": machine(), **summary, "rows": rows, "notes": notes}
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=1))
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    lines = [f"# {name}", "", notes, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [f"# {name}", "", notes, ""]
+    if summary:
+        lines += [f"- {k}: {_fmt(v)}" for k, v in summary.items()] + [""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
     md = RESULTS / f"{name}.md"

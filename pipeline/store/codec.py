@@ -2,11 +2,13 @@
 
 Each mask is its tight box (y, x, h, w) plus the row-major run lengths of the box's pixels, starting
 with a run of zeros (possibly empty), as uint32. Chosen by measurement (benchmarks/bench_store.py:
-8 real Sintel/judo frames, 115 SAM-like masks each, all masks of a frame decoded to (N, H, W) bool,
-gzip-4 on top; masks only): 29 KiB and 8.2 ms CPU per frame, against 49 KiB / 7.8 ms for bitmaps
-of the box (np.packbits), 66 KiB / 29 ms for whole-frame bitmaps, and 30 KiB / 45 ms for SAM/COCO's
-whole-frame column-major RLE (it needs a transpose). Decoding writes only the box, and a mask
-decodes on its own (key objects without the rest of the frame).
+43 real frames, 123 SAM-like masks each, the store's shuffle + gzip-6 on top, masks only, decoded
+one mask at a time to (N, H, W) bool): 16.5 KiB and 5.3 ms CPU per frame, against 39.4 KiB / 4.7 ms
+for bitmaps of the box (np.packbits), 51.2 KiB / 20 ms for whole-frame bitmaps, and 18.1 KiB / 26 ms
+for SAM/COCO's whole-frame column-major RLE (it needs a transpose); pycocotools' compressed RLE
+strings of the same masks take 69.8 KiB. `decode_masks` decodes a frame's masks together (2.8 ms
+for the store's read_masks, most of it first-touch page faults of the output); decoding writes only
+the boxes, and a mask decodes on its own (key objects without the rest of the frame).
 
 The tight box is the codec's own (h, w in pixels), kept apart from the record's `bbox`, whose
 convention belongs to the segmenter (segment-anything's XYWH has w = x_max - x_min).
@@ -78,11 +80,80 @@ def decode_mask(shape: tuple[int, int], box, runs: np.ndarray, out: np.ndarray |
     return out
 
 
+DECODE_BATCH = 1 << 20  # pixels decoded per np.repeat in decode_masks: the scratch stays in cache
+
+
+def _checked(boxes, starts, counts) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    n = len(boxes)
+    boxes = np.asarray(boxes, np.int64).reshape(n, 4)
+    starts = np.asarray(starts, np.int64).reshape(n)
+    counts = np.asarray(counts, np.int64).reshape(n)
+    sizes = boxes[:, 2] * boxes[:, 3]
+    if (counts < 0).any() or (sizes < 0).any():
+        raise ValueError("negative run count or box size")
+    return boxes, starts, counts, sizes
+
+
+def _decode_flat(runs: np.ndarray, starts: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The box pixels of several masks, concatenated (mask i's are sizes[i] pixels), from one np.repeat:
+    each mask's runs start with a 0-run, so a run's value is the parity of its position within its mask
+    (whatever the parity of its run count)."""
+    first = np.cumsum(counts) - counts  # where each mask's runs begin in the concatenation
+    total = int(counts.sum())
+    shift = np.repeat(starts - first, counts)  # concatenation position -> position in `runs`
+    pos = np.arange(total, dtype=np.int64)
+    if total and (shift == shift[0]).all():  # the usual case: the masks' runs are one contiguous slice
+        lo = int(shift[0])
+        if lo < 0 or lo + total > len(runs):
+            raise ValueError("runs outside the run array")
+        r = runs[lo : lo + total].astype(np.intp)
+    else:
+        src = pos + shift
+        if total and (src.min() < 0 or src.max() >= len(runs)):
+            raise ValueError("runs outside the run array")
+        r = np.asarray(runs)[src].astype(np.intp)
+    ends = np.zeros(total + 1, np.int64)
+    np.cumsum(r, out=ends[1:])
+    if (ends[first + counts] - ends[first] != sizes).any():
+        raise ValueError("run lengths do not cover their masks' boxes")
+    values = ((pos - np.repeat(first, counts)) & 1).astype(bool)  # 0-run, 1-run, ... per mask
+    return np.repeat(values, r)
+
+
+def decode_crops(boxes: np.ndarray, runs: np.ndarray, starts: np.ndarray, counts: np.ndarray
+                 ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """N masks' tight-box crops: (boxes (N, 4) int64 (y, x, h, w), crops[i] bool (h_i, w_i)), views
+    into one array of the boxes' pixels, decoded together. Mask i's runs are
+    runs[starts[i] : starts[i] + counts[i]]. ValueError when a mask's runs do not cover its box."""
+    boxes, starts, counts, sizes = _checked(boxes, starts, counts)
+    if len(boxes) == 0:
+        return boxes, []
+    flat = _decode_flat(runs, starts, counts, sizes)
+    offs = (np.cumsum(sizes) - sizes).tolist()
+    crops = [flat[o : o + h * w].reshape(h, w) for o, (_, _, h, w) in zip(offs, boxes.tolist(), strict=True)]
+    return boxes, crops
+
+
 def decode_masks(shape: tuple[int, int], boxes: np.ndarray, runs: np.ndarray, starts: np.ndarray,
                  counts: np.ndarray) -> np.ndarray:
-    """N masks as (N, H, W) bool; mask i's runs are runs[starts[i] : starts[i] + counts[i]]."""
-    out = np.zeros((len(boxes), *shape), bool)
-    for i in range(len(boxes)):
-        s = int(starts[i])
-        decode_mask(shape, boxes[i], runs[s : s + int(counts[i])], out[i])
+    """N masks as (N, H, W) bool; mask i's runs are runs[starts[i] : starts[i] + counts[i]].
+
+    Masks are decoded a batch at a time (about DECODE_BATCH box pixels per np.repeat, so the scratch
+    array stays in cache and is reused, not page-faulted in), each crop copied into its box of a zeroed
+    stack: np.zeros maps pages lazily, so the work is the boxes' pixels, not N x H x W.
+    """
+    boxes, starts, counts, sizes = _checked(boxes, starts, counts)
+    n = len(boxes)
+    out = np.zeros((n, *shape), bool)
+    ends = np.cumsum(sizes)
+    i = 0
+    while i < n:  # masks i..j-1: at least one, then as many as fit in the batch
+        j = max(i + 1, int(np.searchsorted(ends, ends[i] - sizes[i] + DECODE_BATCH, side="right")))
+        flat = _decode_flat(runs, starts[i:j], counts[i:j], sizes[i:j])
+        o = 0
+        for k, (y, x, h, w) in enumerate(boxes[i:j].tolist(), start=i):
+            if h and w:
+                out[k, y : y + h, x : x + w] = flat[o : o + h * w].reshape(h, w)
+            o += h * w
+        i = j
     return out

@@ -23,6 +23,7 @@ class MaskStore:
             raise StoreError(f"mask store not found: {self.path}")
         self._h5: h5py.File | None = None
         self._pid: int | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}  # opened once per file handle (see _slice)
 
     # -- opening ------------------------------------------------------------------------------
     def _file(self) -> h5py.File:
@@ -34,8 +35,10 @@ class MaskStore:
     def _open(self) -> None:
         try:
             # Stores are never modified in place (writers replace them whole), so readers need no
-            # HDF5 file lock; locking fails on some cluster filesystems.
-            h5 = h5py.File(self.path, "r", locking=False)
+            # HDF5 file lock; locking fails on some cluster filesystems. No chunk cache: a frame's read
+            # decompresses each of its chunks once anyway, and a worker may hold hundreds of stores open
+            # (an Index keeps them), each with a dozen datasets open.
+            h5 = h5py.File(self.path, "r", locking=False, rdcc_nbytes=0)
         except FileNotFoundError:
             raise StoreError(f"mask store not found: {self.path}") from None
         except OSError as exc:
@@ -75,12 +78,14 @@ class MaskStore:
             raise StoreCorrupt(f"{self.path}: corrupt or incomplete mask store "
                                f"({type(exc).__name__}: {exc})") from None
         self._h5 = h5
+        self._datasets = {}
         self._pid = os.getpid()
 
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
         self._h5 = None
+        self._datasets = {}
 
     def __enter__(self) -> MaskStore:
         return self
@@ -89,7 +94,7 @@ class MaskStore:
         self.close()
 
     def __getstate__(self) -> dict:  # picklable for spawn-started workers: the handle stays behind
-        return {"path": self.path, "_h5": None, "_pid": None}
+        return {"path": self.path, "_h5": None, "_pid": None, "_datasets": {}}
 
     def __repr__(self) -> str:
         return f"MaskStore({str(self.path)!r})"
@@ -174,7 +179,10 @@ class MaskStore:
     def _slice(self, name: str, start: int, count: int) -> np.ndarray:
         h5 = self._file()
         try:
-            return h5[name][start : start + count]
+            ds = self._datasets.get(name)
+            if ds is None:  # opening a dataset costs more than reading a frame's rows of it
+                ds = self._datasets[name] = h5[name]
+            return ds[start : start + count]
         except Exception as exc:  # a damaged chunk: OSError from the filter, or whatever h5py raises
             raise StoreCorrupt(f"{self.path}: corrupt: cannot read {name} ({type(exc).__name__}: {exc})"
                                ) from None
@@ -191,9 +199,8 @@ class MaskStore:
         r = self._row_of(key)
         return self._slice("derived/key_objects", int(self._kstart[r]), int(self._kcount[r]))
 
-    def read_masks(self, key: str | int, indices=None) -> np.ndarray:
-        """(N, H, W) bool masks of one frame, or only those at `indices` (e.g. its key objects)."""
-        r = self._row_of(key)
+    def _mask_runs(self, r: int, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(boxes, runs, starts into runs, counts) of frame r's masks, or those at `indices`."""
         start, n = int(self._mstart[r]), int(self._mcount[r])
         boxes = self._slice("masks/box", start, n)
         starts = self._slice("masks/run_start", start, n)
@@ -206,10 +213,31 @@ class MaskStore:
                 )
             boxes, starts, counts = boxes[idx], starts[idx], counts[idx]
         if len(boxes) == 0:
-            return np.zeros((0, *self.image_shape(r)), bool)
+            return boxes.reshape(0, 4), np.zeros(0, codec.RUN_DTYPE), starts, counts
         lo, hi = int(starts.min()), int((starts + counts).max())
-        runs = self._slice("masks/runs", lo, hi - lo)
-        return codec.decode_masks(self.image_shape(r), boxes, runs, starts - lo, counts)
+        return boxes, self._slice("masks/runs", lo, hi - lo), starts - lo, counts
+
+    def _decode(self, r: int, fn, *args):
+        try:
+            return fn(*args)
+        except ValueError as exc:  # runs that do not fit their boxes: a damaged or mis-written store
+            raise StoreCorrupt(f"{self.path}: corrupt masks of frame {self._ids[r]!r} ({exc})") from None
+
+    def read_masks(self, key: str | int, indices=None) -> np.ndarray:
+        """(N, H, W) bool masks of one frame, or only those at `indices` (e.g. its key objects)."""
+        r = self._row_of(key)
+        boxes, runs, starts, counts = self._mask_runs(r, indices)
+        return self._decode(r, codec.decode_masks, self.image_shape(r), boxes, runs, starts, counts)
+
+    def read_crops(self, key: str | int, indices=None):
+        """One frame's masks (or those at `indices`) as `pipeline.masks.CropMasks`: each mask's tight
+        box (y, x, h, w) and its crop, with no (N, H, W) stack; `derive` accepts it as it is."""
+        from unsamflow.pipeline.masks import CropMasks  # not at import: pipeline.masks imports this package
+
+        r = self._row_of(key)
+        boxes, runs, starts, counts = self._mask_runs(r, indices)
+        boxes, crops = self._decode(r, codec.decode_crops, boxes, runs, starts, counts)
+        return CropMasks(self.image_shape(r), boxes, crops)
 
     def read(self, key: str | int) -> FrameMasks:
         """Everything about one frame (by id or row); touches only that frame's slices."""
