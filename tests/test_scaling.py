@@ -190,3 +190,22 @@ def test_all_masks_of_a_frame_crop_at_once_as_one_by_one():
         for m, box, crop in zip(full, boxes, crops, strict=True):
             y, x, h, w = tight_box(m)
             assert tuple(box) == (y, x, h, w) and np.array_equal(crop, m[y : y + h, x : x + w])
+
+
+def test_all_crops_of_a_frame_encode_at_once_as_one_by_one():
+    """codec.encode_crops == encode_mask crop by crop: empty crops, crops starting with a set pixel,
+    all-set and sparse crops, and a frame of no masks."""
+    from unsamflow.pipeline.store.codec import encode_crops, encode_mask
+
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        crops = []
+        for _ in range(int(rng.integers(0, 8))):
+            h, w = (int(v) for v in rng.integers(1, 6, 2))
+            crops.append(np.zeros((0, 0), bool) if rng.random() < 0.2
+                         else rng.random((h, w)) < rng.choice([0.0, 0.3, 1.0]))
+        runs, counts = encode_crops(crops)
+        ref = [encode_mask(c, (0, 0, *c.shape) if c.size else (0, 0, 0, 0))[1] for c in crops]
+        assert counts.tolist() == [len(r) for r in ref]
+        assert runs.dtype == np.uint32
+        assert np.array_equal(runs, np.concatenate(ref) if ref else np.zeros(0))

@@ -157,3 +157,29 @@ def decode_masks(shape: tuple[int, int], boxes: np.ndarray, runs: np.ndarray, st
             o += h * w
         i = j
     return out
+
+
+def encode_crops(crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """encode_mask's run lengths of N box crops at once: (runs of all masks concatenated, count per mask).
+
+    One pass over the crops' pixels concatenated: runs break at value changes and at mask starts, and a
+    mask whose first pixel is set gets its leading empty 0-run. Equal to encode_mask crop by crop; the
+    per-mask numpy calls were most of the segment stage's encoding time on small frames.
+    """
+    n = len(crops)
+    sizes = np.fromiter((c.size for c in crops), np.int64, n)
+    total = int(sizes.sum())
+    if total == 0:
+        return np.zeros(0, RUN_DTYPE), np.zeros(n, np.int64)
+    flat = np.concatenate([np.asarray(c, bool).reshape(-1) for c in crops])
+    starts = np.cumsum(sizes) - sizes
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    cuts = np.sort(np.concatenate([change, starts[sizes > 0]]))
+    cuts = cuts[np.r_[True, cuts[1:] != cuts[:-1]]]  # both sorted: a merge, not np.union1d's hashing
+    lengths = np.diff(np.append(cuts, total))
+    owner = np.searchsorted(starts, cuts, side="right") - 1  # an empty mask shares its start with the next
+    counts = np.bincount(owner, minlength=n).astype(np.int64)
+    heads = np.searchsorted(cuts, starts[sizes > 0])  # each non-empty mask's first run
+    lead = heads[flat[cuts[heads]]]  # ... that counts ones: a 0-run of length 0 goes before it
+    counts[np.flatnonzero(sizes > 0)[flat[cuts[heads]]]] += 1
+    return np.insert(lengths, lead, 0).astype(RUN_DTYPE), counts

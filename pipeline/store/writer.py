@@ -107,6 +107,36 @@ def _integral(values, what: str, frame_id: str, i: int) -> np.ndarray:
     return arr.astype(np.int32)
 
 
+def _columns(records: list[dict], frame_id: str) -> dict[str, np.ndarray]:
+    """The records' metadata as arrays, checked: one conversion per field for the whole frame (per
+    record and field it was most of add_frame's time); a malformed record is named as before."""
+    n = len(records)
+
+    def stack(key: str, width: int) -> np.ndarray | None:
+        try:
+            return np.asarray([r[key] for r in records], np.float64).reshape(n, width)
+        except ValueError:  # ragged or the wrong length somewhere: the loops below name it
+            return None
+
+    bbox, crop_box, points = stack("bbox", 4), stack("crop_box", 4), stack("point_coords", 2)
+    for what, arr in (("bbox", bbox), ("crop_box", crop_box)):
+        bad = range(n) if arr is None else np.flatnonzero((arr != np.round(arr)).any(axis=1))
+        for i in bad:
+            _integral(records[i][what], what, frame_id, int(i))
+    if points is None:
+        for i, rec in enumerate(records):
+            if np.asarray(rec["point_coords"], np.float64).size != 2:
+                raise StoreError(f"frame {frame_id!r}, mask {i}: point_coords must be one [x, y] point")
+    return {
+        "area": np.asarray([int(r["area"]) for r in records], np.int64),
+        "bbox": bbox.astype(np.int32),
+        "crop_box": crop_box.astype(np.int32),
+        "predicted_iou": np.asarray([float(r["predicted_iou"]) for r in records], np.float64),
+        "stability_score": np.asarray([float(r["stability_score"]) for r in records], np.float64),
+        "point_coords": points,
+    }
+
+
 class StoreWriter:
     """Writes one store under a temporary name; `commit()` makes it appear complete, atomically.
 
@@ -174,39 +204,27 @@ class StoreWriter:
             raise StoreError(f"frame {frame_id!r}: sha256 must be 64 hex characters, got {sha256!r}")
         app = self._app
         n = len(records)
-        cols: dict[str, list] = {k: [] for k in ("area", "bbox", "predicted_iou", "stability_score",
-                                                 "point_coords", "crop_box", "box", "run_start",
-                                                 "run_count")}
-        run_pos = app.sizes["masks/runs"]
-        runs = []
         if masks is not None and (len(masks.crops) != n or tuple(masks.shape) != shape):
             raise StoreError(f"frame {frame_id!r}: {len(masks.crops)} crops of a {masks.shape} frame for "
                              f"{n} records of a {shape} frame")
-        for i, rec in enumerate(records):
-            if masks is not None:
-                crop = masks.crops[i]
-                _, mask_runs = codec.encode_mask(crop, (0, 0, *crop.shape) if crop.size else (0, 0, 0, 0))
-                box = tuple(int(v) for v in masks.boxes[i])
-            else:
+        if masks is not None:  # the segment stage's path: every mask at once
+            box = np.asarray(masks.boxes, np.int64).reshape(n, 4)
+            runs, run_count = codec.encode_crops(masks.crops)
+        else:
+            box, parts = np.zeros((n, 4), np.int64), []
+            for i, rec in enumerate(records):
                 seg = np.asarray(rec["segmentation"], bool)
                 if seg.shape != shape:
                     raise StoreError(
                         f"frame {frame_id!r}, mask {i}: shape {seg.shape} != image shape {shape}")
-                box, mask_runs = codec.encode_mask(seg, None if boxes is None else boxes[i])
-            cols["box"].append(box)
-            cols["run_start"].append(run_pos)
-            cols["run_count"].append(mask_runs.size)
-            runs.append(mask_runs)
-            run_pos += mask_runs.size
-            cols["area"].append(int(rec["area"]))
-            cols["bbox"].append(_integral(rec["bbox"], "bbox", frame_id, i))
-            cols["crop_box"].append(_integral(rec["crop_box"], "crop_box", frame_id, i))
-            cols["predicted_iou"].append(float(rec["predicted_iou"]))
-            cols["stability_score"].append(float(rec["stability_score"]))
-            pc = np.asarray(rec["point_coords"], np.float64).reshape(-1)
-            if pc.size != 2:
-                raise StoreError(f"frame {frame_id!r}, mask {i}: point_coords must be one [x, y] point")
-            cols["point_coords"].append(pc)
+                box[i], mask_runs = codec.encode_mask(seg, None if boxes is None else boxes[i])
+                parts.append(mask_runs)
+            runs = np.concatenate(parts) if parts else np.zeros(0, codec.RUN_DTYPE)
+            run_count = np.fromiter((p.size for p in parts), np.int64, n)
+        cols = _columns(records, frame_id)
+        cols["box"] = box
+        cols["run_start"] = app.sizes["masks/runs"] + np.cumsum(run_count) - run_count
+        cols["run_count"] = run_count
         full_seg, key = check_derived(frame_id, shape, n, full_seg, key_objects)  # before any append
         app.add("frames/id", [frame_id])
         app.add("frames/image_shape", shape)
@@ -215,7 +233,7 @@ class StoreWriter:
         app.add("frames/mask_count", n)
         for k, v in cols.items():
             app.add(f"masks/{k}", v)
-        app.add("masks/runs", np.concatenate(runs) if runs else np.zeros(0, codec.RUN_DTYPE))
+        app.add("masks/runs", runs)
         add_derived(app, full_seg, key)
         self._ids.add(frame_id)
 
