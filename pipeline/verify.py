@@ -140,12 +140,14 @@ def read_frames(store: MaskStore, bar=None) -> FrameScan:
     """Decode and check every frame of an opened store; each problem a line naming shard and frame."""
     out = FrameScan()
     name = store.path.name
+    frames = store.scan()
     for row, fid in enumerate(store.frame_ids):
         out.rows[fid] = row
         try:
-            fm = store.read(row)
+            fm = next(frames)
         except Exception as exc:  # any decoding failure of a damaged store, named, never raised
             out.problems.append(f"shard {name}, frame {fid!r}: cannot decode ({exc})")
+            frames = _rest(store, row + 1)  # a failed generator is finished: go on frame by frame
         else:
             out.sha[fid] = fm.sha256
             out.shapes[fid] = fm.image_shape
@@ -154,6 +156,12 @@ def read_frames(store: MaskStore, bar=None) -> FrameScan:
         if bar is not None:
             bar.update(1)
     return out
+
+
+def _rest(store: MaskStore, first: int):
+    """Frames from row `first` on, one read each (after a damaged block stopped store.scan())."""
+    for row in range(first, len(store.frame_ids)):
+        yield store.read(row)
 
 
 def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
