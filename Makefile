@@ -25,7 +25,7 @@ EVAL_ROOT  ?=
 EVAL_MASKS ?=
 OVERRIDES  ?=
 
-.PHONY: venv test demo lint bench ablation masks train evaluate clean
+.PHONY: venv test demo lint bench scaling ablation masks train evaluate clean
 
 venv: $(STAMP)
 
@@ -85,6 +85,11 @@ lint: $(STAMP)
 # make bench writes to a scratch folder; make bench UPDATE=1 replaces benchmarks/results/.
 bench: $(STAMP)
 	UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.run_all
+
+# The pipeline at cluster scale, simulated (~15 min on 2 CPU cores): a GPU-like replay segmenter, 1-8
+# workers, an external dask scheduler/workers, 20,000 frames; UPDATE=1 writes benchmarks/results/scaling.*
+scaling: $(STAMP)
+	UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.bench_scaling $(SCALING_ARGS)
 
 # The +aug/+hg/+mf ablation (~30 min on 2 CPU cores); UPDATE=1 writes benchmarks/results/
 ablation: $(STAMP)

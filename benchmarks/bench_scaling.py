@@ -185,11 +185,11 @@ def machinery(n: int, data: Path, out: Path, cache: Path, workers: int) -> dict:
             "phases_ms_per_frame": {k: 1e3 * v / seg["frames"] for k, v in seg["phases_s"].items()}}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | tuple[str, ...] = ()) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer frames and workers: a smoke test")
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp dir)")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(list(argv))
     os.environ.update({k: v for k, v in worker_env().items() if k in ("PYTHONPATH", "OMP_NUM_THREADS")})
     sys.path.insert(0, str(REPO))
     work = args.keep or Path(tempfile.mkdtemp(prefix="unsamflow-scaling-"))
@@ -307,4 +307,4 @@ def _flat(r: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

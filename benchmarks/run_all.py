@@ -1,7 +1,8 @@
 """`make bench`: run every benchmarks/bench_*.py (or those named on the command line).
 
-The long studies (the ablation: ~30 min of training on 2 cores) run only when named, e.g.
-`python -m benchmarks.run_all bench_ablation` or `make ablation`.
+The long studies run only when named, e.g. `python -m benchmarks.run_all bench_ablation`: the ablation
+(~30 min of training on 2 cores, `make ablation`) and the cluster-scale simulation (~15 min,
+`make scaling`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-LONG = {"bench_ablation"}  # minutes of training: only when asked for by name
+LONG = {"bench_ablation", "bench_scaling"}  # many minutes each: only when asked for by name
 
 
 def main(argv: list[str]) -> None:
