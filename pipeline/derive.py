@@ -153,6 +153,9 @@ class _Extents:
         return self.crops[i][y0 - self.y0[i] : y1 - self.y0[i], x0 - self.x0[i] : x1 - self.x0[i]]
 
 
+OVERLAP_BATCH_BYTES = 16 << 20  # one stack of _overlap_counts: meeting masks x the candidate's box
+
+
 def _overlap_counts(candidates: np.ndarray, ext: _Extents) -> np.ndarray:
     """Per candidate, how many masks (itself included) share at least one pixel with it.
 
@@ -167,18 +170,22 @@ def _overlap_counts(candidates: np.ndarray, ext: _Extents) -> np.ndarray:
             (ext.y0 < ext.y1[c]) & (ext.y1 > ext.y0[c]) & (ext.x0 < ext.x1[c]) & (ext.x1 > ext.x0[c])
             & (ext.areas > 0)
         )
-        # Paste each meeting mask's part of the candidate's extent into one stack, AND it with the
-        # candidate once: a slice assignment per mask instead of a slice, an AND and an any() per mask.
+        # Paste the meeting masks' parts of the candidate's extent into one stack and AND it with the
+        # candidate once (a slice assignment per mask, not a slice, an AND and an any() per mask), in
+        # batches of at most OVERLAP_BATCH_BYTES, so a large candidate box cannot take N times its size.
         cy0, cx0 = int(ext.y0[c]), int(ext.x0[c])
         cand = ext.crops[c]
-        stack = np.zeros((len(meets), *cand.shape), bool)
         y0, y1 = np.maximum(ext.y0[meets], cy0), np.minimum(ext.y1[meets], ext.y1[c])
         x0, x1 = np.maximum(ext.x0[meets], cx0), np.minimum(ext.x1[meets], ext.x1[c])
-        for k, (m, a, b, d, e) in enumerate(zip(meets.tolist(), y0.tolist(), y1.tolist(), x0.tolist(),
-                                                x1.tolist(), strict=True)):
-            stack[k, a - cy0 : b - cy0, d - cx0 : e - cx0] = ext.part(m, a, b, d, e)
-        stack &= cand
-        counts[j] = int(stack.reshape(len(meets), -1).any(axis=1).sum())
+        parts = list(zip(meets.tolist(), y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), strict=True))
+        step = max(1, OVERLAP_BATCH_BYTES // max(1, cand.size))
+        for lo in range(0, len(parts), step):
+            batch = parts[lo : lo + step]
+            stack = np.zeros((len(batch), *cand.shape), bool)
+            for k, (m, a, b, d, e) in enumerate(batch):
+                stack[k, a - cy0 : b - cy0, d - cx0 : e - cx0] = ext.part(m, a, b, d, e)
+            stack &= cand
+            counts[j] += int(stack.reshape(len(batch), -1).any(axis=1).sum())
     return counts
 
 

@@ -227,3 +227,23 @@ def test_a_store_scan_reads_what_frame_by_frame_reads(replay_data, tmp_path):
                 for field in ("masks", "area", "bbox", "point_coords", "full_seg", "key_objects"):
                     assert np.array_equal(getattr(got, field), getattr(want, field)), (block, row, field)
         assert store._block == {}
+
+
+def test_overlap_counts_in_small_batches_equal_one_batch(monkeypatch):
+    """derive's key objects do not depend on how many meeting masks one overlap stack holds."""
+    import unsamflow.pipeline.derive as derive_module
+
+    rng = np.random.default_rng(3)
+    H, W = 120, 160
+    masks = np.zeros((40, H, W), bool)
+    for m in masks:
+        y, x = rng.integers(0, H - 60), rng.integers(0, W - 60)
+        m[y : y + rng.integers(55, 60), x : x + rng.integers(55, 60)] = True
+        m &= rng.random((H, W)) < 0.95
+    bboxes = np.array([[b[1], b[0], b[3] - 1, b[2] - 1] for b in CropMasks.from_stack(masks).boxes], float)
+    cfg = DeriveConfig(min_h=10, min_w=10, min_overlaps=3)
+    want = derive_module.derive(masks, bboxes, cfg)
+    assert len(want[1]) > 0
+    monkeypatch.setattr(derive_module, "OVERLAP_BATCH_BYTES", 1)  # one meeting mask per stack
+    got = derive_module.derive(masks, bboxes, cfg)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
