@@ -262,6 +262,7 @@ def segment_shard(
     the frames: then the shard fails (and is retried) instead of becoming a store of bad frames.
     """
     from unsamflow.pipeline.derive import DeriveConfig, derive
+    from unsamflow.pipeline.masks import is_rle
     from unsamflow.pipeline.segmenters import BUILTIN_SEGMENTERS
     from unsamflow.pipeline.store import StoreWriter
 
@@ -296,12 +297,15 @@ def segment_shard(
             stats["bad"][frame_id] = reason
             progress.frame(None)
 
-        def finish(frame_id: str, shape: tuple[int, int], sha: str, raw: list[dict]) -> None:
-            """Records -> crops -> full_seg and key objects -> store, on the finisher thread."""
-            t0, n = time.perf_counter(), len(raw)
+        def finish(frame_id: str, shape: tuple[int, int], sha: str, raw: list[dict] | None,
+                   cropped: tuple | None = None, cropped_s: float = 0.0) -> None:
+            """Records -> crops -> full_seg and key objects -> store, on the finisher thread (`cropped`:
+            the crops were made on the segmenter's thread already, in `cropped_s` seconds)."""
+            t0 = time.perf_counter() - cropped_s
+            n = len(raw) if raw is not None else len(cropped[0])
             try:
-                records, masks = frame_masks(raw, shape, frame_id, budget, spec, check)
-                del raw
+                records, masks = cropped or frame_masks(raw, shape, frame_id, budget, spec, check)
+                del raw, cropped
                 t1 = time.perf_counter()
                 bboxes = np.asarray([r["bbox"] for r in records], np.float64).reshape(-1, 4)
                 full_seg, key_idx = derive(masks, bboxes, cfg)
@@ -364,8 +368,24 @@ def segment_shard(
                     continue
                 finally:
                     del rgb
-                after_previous(finish, frame.id, shape, sha, records)
-                del records
+                compact = isinstance(records, list) and bool(records) and isinstance(records[0], dict) \
+                    and is_rle(records[0].get("segmentation"))
+                if not compact:
+                    # Full-frame bool masks (N x H x W bytes): crop them now rather than hold them while
+                    # the next frame is segmented. Run-length records are small: the finisher crops them.
+                    t0 = time.perf_counter()
+                    try:
+                        cropped = frame_masks(records, shape, frame.id, budget, spec, check)
+                    except BadFrameError as exc:
+                        after_previous(bad, frame.id, exc.reason)
+                        continue
+                    finally:
+                        del records
+                    after_previous(finish, frame.id, shape, sha, None, cropped, time.perf_counter() - t0)
+                    del cropped
+                else:
+                    after_previous(finish, frame.id, shape, sha, records)
+                    del records
             if pending is not None:
                 pending.result()
         if failures and len(failures) == readable:
