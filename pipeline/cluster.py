@@ -161,28 +161,43 @@ def loopback_address(address: str | None) -> str | None:
     return address if host else f"{LOOPBACK}:{port}"
 
 
-def visible_gpus(environ: dict[str, str] | None = None, driver: Path = Path("/proc/driver/nvidia/gpus")
-                 ) -> list[str]:
-    """The CUDA devices this process may use, as values for a worker's CUDA_VISIBLE_DEVICES.
+# Where a GPU driver shows itself without importing anything: NVIDIA's /proc entries and device nodes,
+# WSL2's GPU paravirtualisation device, ROCm's kernel driver.
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia/gpus", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
 
-    Without importing torch: in the client that import alone took ~550 MB and seconds of start-up
-    (bench_scaling's machinery rows), for one number. The NVIDIA driver lists its GPUs under /proc;
-    CUDA_VISIBLE_DEVICES, when set, names the devices to use (CUDA stops at the first invalid entry,
-    e.g. -1), and a worker must be pinned to those very ids, not to 0..n-1.
+
+def visible_gpus(environ: dict[str, str] | None = None, drivers: tuple[str, ...] | None = None,
+                 count=None) -> list[str]:
+    """The GPUs this process may use, as values for a worker's CUDA_VISIBLE_DEVICES.
+
+    On a machine with no GPU driver this imports nothing: importing torch in the client took ~550 MB and
+    a second of start-up (bench_scaling's machinery rows) to learn that there is no GPU. Where a
+    driver is present torch counts the devices it can use (none with a CPU-only build), and workers are
+    pinned to the ids CUDA_VISIBLE_DEVICES names when it is set (not to 0..n-1, which are other GPUs).
+    `count`: the device counter (default: torch's), for tests.
     """
     env = os.environ if environ is None else environ
-    count = len(list(driver.iterdir())) if driver.is_dir() else 0
-    if not count:
+    if not any(Path(p).exists() for p in (GPU_DRIVER_PATHS if drivers is None else drivers)):
+        return []
+    try:
+        n = _torch_device_count() if count is None else count()
+    except Exception:  # a broken CUDA install must not stop a CPU run
         return []
     given = env.get("CUDA_VISIBLE_DEVICES")
     if given is None:
-        return [str(i) for i in range(count)]
-    out = []
+        return [str(i) for i in range(n)]
+    ids = []
     for dev in (d.strip() for d in given.split(",")):
-        if not dev or dev.startswith("-"):
+        if not dev or dev.startswith("-"):  # CUDA stops at the first invalid entry
             break
-        out.append(dev)
-    return out
+        ids.append(dev)
+    return ids[:n]
+
+
+def _torch_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def local_worker_specs(cfg: ClusterConfig, security=None) -> dict[str, dict]:

@@ -151,34 +151,59 @@ class _OverBudget(Exception):
 
 
 # Bytes of full columns one batch of rle_crops may decode at a time (it decodes whole columns of each
-# mask's box, then keeps the box's rows): bounds the temporary memory however large the frame.
+# mask's box, then keeps the box's rows), and runs one batch may hold (~90 bytes of temporaries each):
+# they bound the temporary memory however large the frame or noisy its masks.
 RLE_BATCH_BYTES = 32 << 20
+RLE_BATCH_RUNS = 1 << 18
 
 
 def rle_crops(segs: Sequence[dict], shape: tuple[int, int], budget: int | None = None
               ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(tight boxes (N, 4) (y, x, h, w), crops) of N uncompressed RLE masks of one frame, all at once.
+    """(tight boxes (N, 4) (y, x, h, w), crops) of N uncompressed RLE masks of one frame.
 
-    `budget`: bytes the crops may take; over it, _OverBudget(i, bytes) is raised once the boxes are
-    known, before any crop is decoded.
+    `budget`: bytes the crops may take; over it, _OverBudget(i, bytes) is raised as soon as the boxes of
+    a batch show it, before that batch's crops are decoded.
 
     Column-major runs: a 1-run within one column covers rows s % H .. (e - 1) % H; a 1-run that crosses
     into the next column covers the last row of its first column and the first row of its last, so
-    the box then spans every row. The boxes come from run arithmetic over all masks together, and the
-    crops from one np.repeat per batch of masks over their boxes' columns only: the work is about the
-    boxes' pixels, with a few numpy calls per mask (per-mask decoding spent most of a small frame's
-    time in call overhead: bench_scaling's machinery rows).
+    the box then spans every row. Boxes come from run arithmetic over a batch of masks at once and
+    crops from one np.repeat over their boxes' columns only, so the work is about the boxes' pixels with
+    a few numpy calls per mask (per-mask decoding spent most of a small frame's time in call overhead:
+    bench_scaling's machinery rows). Batches hold at most RLE_BATCH_RUNS runs and RLE_BATCH_BYTES of
+    columns, which bounds the temporaries (~90 bytes per run) however noisy or large the masks.
     """
     H, W = (int(shape[0]), int(shape[1]))
     n = len(segs)
-    if n == 0:
-        return np.zeros((0, 4), np.int64), []
     for i, seg in enumerate(segs):
         if [int(v) for v in seg["size"]] != [H, W]:
             raise BadInputError(f"RLE mask {i} of size {list(seg['size'])}, the frame is {[H, W]}")
+        if not isinstance(seg["counts"], (list, tuple, np.ndarray)):
+            raise BadInputError(f"RLE mask {i}: counts must be a list of run lengths, got "
+                                f"{type(seg['counts']).__name__} (decode compressed COCO RLE strings first)")
     lens = np.fromiter((len(seg["counts"]) for seg in segs), np.int64, n)
-    counts = np.fromiter(chain.from_iterable(seg["counts"] for seg in segs), np.int64, int(lens.sum()))
-    first = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    ends_at = np.cumsum(lens)
+    boxes = np.zeros((n, 4), np.int64)
+    crops: list[np.ndarray] = []
+    used, i = 0, 0
+    while i < n:  # masks i..j-1: at least one, then up to RLE_BATCH_RUNS runs
+        j = max(i + 1, int(np.searchsorted(ends_at, ends_at[i] - lens[i] + RLE_BATCH_RUNS, side="right")))
+        left = None if budget is None else budget - used
+        boxes[i:j], batch = _rle_batch(segs[i:j], lens[i:j], H, W, i, left)
+        used += int((boxes[i:j, 2] * boxes[i:j, 3]).sum())
+        crops += batch
+        i = j
+    return boxes, crops
+
+
+def _rle_batch(segs: Sequence[dict], lens: np.ndarray, H: int, W: int, base: int, budget: int | None
+               ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """rle_crops for one batch of masks (`base`: the index of its first mask, for messages)."""
+    n = len(segs)
+    if any(isinstance(seg["counts"], np.ndarray) for seg in segs):  # iterating numpy scalars is slow
+        counts = np.concatenate([np.asarray(seg["counts"], np.int64).reshape(-1) for seg in segs])
+    else:
+        counts = np.fromiter(chain.from_iterable(seg["counts"] for seg in segs), np.int64, int(lens.sum()))
+    first = np.cumsum(lens) - lens
     owner = np.repeat(np.arange(n), lens)  # mask of each run
     sums = np.bincount(owner, weights=counts, minlength=n) if counts.size else np.zeros(n)
     wrong = np.flatnonzero((sums != H * W) | (lens == 0))
@@ -187,8 +212,8 @@ def rle_crops(segs: Sequence[dict], shape: tuple[int, int], budget: int | None =
     if wrong.size:
         i = int(wrong[0])
         c = counts[first[i] : first[i] + lens[i]]
-        raise BadInputError(f"RLE mask {i}: counts must be non-negative and sum to {H}x{W} = {H * W} pixels, "
-                            f"they sum to {int(c.sum())}")
+        raise BadInputError(f"RLE mask {base + i}: counts must be non-negative and sum to {H}x{W} = {H * W} "
+                            f"pixels, they sum to {int(c.sum())}")
     ends = np.cumsum(counts) - owner * (H * W)  # end of each run within its own mask (exclusive)
     starts = ends - counts
     ones = ((np.arange(counts.size) - first[owner]) % 2).astype(bool)  # 1-runs: odd places in a mask
@@ -208,16 +233,16 @@ def rle_crops(segs: Sequence[dict], shape: tuple[int, int], budget: int | None =
         used = np.cumsum(boxes[:, 2] * boxes[:, 3])
         over = np.flatnonzero(used > budget)
         if over.size:
-            raise _OverBudget(int(over[0]), int(used[over[0]]))
+            raise _OverBudget(base + int(over[0]), int(used[over[0]]))
     # Decode every box's columns: clip each run to its mask's column span, repeat, cut per mask.
     lo = boxes[:, 1] * H
     col_bytes = boxes[:, 3] * H
+    col_end = np.cumsum(col_bytes)
     crops: list[np.ndarray] = []
     i = 0
-    while i < n:
-        j = i + 1  # masks i..j-1 in this batch: at least one, then up to RLE_BATCH_BYTES of columns
-        while j < n and col_bytes[i : j + 1].sum() <= RLE_BATCH_BYTES:
-            j += 1
+    while i < n:  # masks i..j-1: at least one, then up to RLE_BATCH_BYTES of columns
+        limit = col_end[i] - col_bytes[i] + RLE_BATCH_BYTES
+        j = max(i + 1, int(np.searchsorted(col_end, limit, side="right")))
         r0, r1 = int(first[i]), int(first[j - 1] + lens[j - 1])
         own = owner[r0:r1]
         a, b = lo[own], lo[own] + col_bytes[own]

@@ -87,26 +87,33 @@ def test_sam_device_auto_follows_the_device_the_cluster_gave_the_worker(monkeypa
     assert _resolve_device("auto") == torch.device("cuda")
 
 
-def test_visible_gpus_come_from_the_driver_and_cuda_visible_devices_without_torch(tmp_path):
-    """The client counts GPUs without importing torch (~550 MB, seconds), and pins workers to the ids
-    CUDA_VISIBLE_DEVICES names (a worker given "0" under CUDA_VISIBLE_DEVICES=2,3 would use GPU 0)."""
+def test_visible_gpus_import_nothing_without_a_driver_and_pin_to_cuda_visible_devices(tmp_path):
+    """No GPU driver: no torch import (~550 MB, a second of start). With one, torch's count decides (0 for
+    a CPU-only build) and workers are pinned to the ids CUDA_VISIBLE_DEVICES names (a worker given "0"
+    under CUDA_VISIBLE_DEVICES=2,3 would use GPU 0)."""
     import subprocess
     import sys
 
     from unsamflow.pipeline.cluster import visible_gpus
 
-    driver = tmp_path / "gpus"
-    assert visible_gpus({}, driver) == []  # no driver: CPU workers, whatever the environment says
-    driver.mkdir()
-    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0"}, driver) == []  # a driver with no GPU
-    for bus in ("0000:01:00.0", "0000:41:00.0", "0000:81:00.0"):
-        (driver / bus).mkdir()
-    assert visible_gpus({}, driver) == ["0", "1", "2"]
-    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,1"}, driver) == ["2", "1"]
-    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,2"}, driver) == ["1"]
-    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, driver) == []
-    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f1c"}, driver) == ["GPU-8f1c"]
-    code = ("import sys; from unsamflow.pipeline.cluster import ClusterConfig, local_worker_specs; "
-            "local_worker_specs(ClusterConfig(workers=1)); print('torch' in sys.modules)")
+    none = (str(tmp_path / "absent"),)
+    driver = tmp_path / "nvidiactl"
+    driver.touch()
+    three = lambda: 3  # noqa: E731
+    assert visible_gpus({}, none, count=three) == []
+    assert visible_gpus({}, (str(driver),), count=lambda: 0) == []  # driver, but no usable device
+    assert visible_gpus({}, (str(driver),), count=three) == ["0", "1", "2"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,1"}, (str(driver),), count=lambda: 2) == ["2", "1"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,2"}, (str(driver),), count=three) == ["1"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, (str(driver),), count=three) == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f1c"}, (str(driver),), count=three) == ["GPU-8f1c"]
+
+    def broken():
+        raise RuntimeError("CUDA driver version is insufficient")
+
+    assert visible_gpus({}, (str(driver),), count=broken) == []
+    code = ("import sys; from unsamflow.pipeline import cluster; "
+            f"cluster.GPU_DRIVER_PATHS = {none!r}; "
+            "cluster.local_worker_specs(cluster.ClusterConfig(workers=1)); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

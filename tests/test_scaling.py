@@ -51,6 +51,8 @@ def test_run_length_crop_refuses_counts_that_do_not_cover_the_frame():
         rle_crop({"size": [2, 3], "counts": [1, 4]})
     with pytest.raises(BadInputError, match="RLE mask 1: counts must be non-negative"):
         rle_crops([{"size": [2, 3], "counts": [6]}, {"size": [2, 3], "counts": [7, -1]}], (2, 3))
+    with pytest.raises(BadInputError, match="RLE mask 0: counts must be a list of run lengths, got bytes"):
+        rle_crops([{"size": [2, 3], "counts": b"06"}], (2, 3))  # a compressed COCO string, undecoded
 
 
 class _Recorder:
@@ -181,20 +183,24 @@ def test_all_masks_of_a_frame_crop_at_once_as_one_by_one():
             m &= rng.random((H, W)) < 0.9
         segs.append(to_uncompressed_rle(m))
         full.append(m)
-    for batch in (masks_module.RLE_BATCH_BYTES, 1, 200):
-        old, masks_module.RLE_BATCH_BYTES = masks_module.RLE_BATCH_BYTES, batch
+    as_arrays = [{**seg, "counts": np.asarray(seg["counts"], np.int32)} for seg in segs]  # plug-ins' form
+    for batch, runs, given in ((masks_module.RLE_BATCH_BYTES, masks_module.RLE_BATCH_RUNS, segs),
+                               (1, 1, segs), (200, 7, as_arrays), (10**9, 10**9, as_arrays)):
+        old = masks_module.RLE_BATCH_BYTES, masks_module.RLE_BATCH_RUNS
+        masks_module.RLE_BATCH_BYTES, masks_module.RLE_BATCH_RUNS = batch, runs
         try:
-            boxes, crops = rle_crops(segs, (H, W))
+            boxes, crops = rle_crops(given, (H, W))
         finally:
-            masks_module.RLE_BATCH_BYTES = old
+            masks_module.RLE_BATCH_BYTES, masks_module.RLE_BATCH_RUNS = old
         for m, box, crop in zip(full, boxes, crops, strict=True):
             y, x, h, w = tight_box(m)
             assert tuple(box) == (y, x, h, w) and np.array_equal(crop, m[y : y + h, x : x + w])
 
 
-def test_all_crops_of_a_frame_encode_at_once_as_one_by_one():
+def test_all_crops_of_a_frame_encode_at_once_as_one_by_one(monkeypatch):
     """codec.encode_crops == encode_mask crop by crop: empty crops, crops starting with a set pixel,
     all-set and sparse crops, and a frame of no masks."""
+    from unsamflow.pipeline.store import codec
     from unsamflow.pipeline.store.codec import encode_crops, encode_mask
 
     rng = np.random.default_rng(2)
@@ -206,6 +212,9 @@ def test_all_crops_of_a_frame_encode_at_once_as_one_by_one():
                          else rng.random((h, w)) < rng.choice([0.0, 0.3, 1.0]))
         runs, counts = encode_crops(crops)
         ref = [encode_mask(c, (0, 0, *c.shape) if c.size else (0, 0, 0, 0))[1] for c in crops]
+        monkeypatch.setattr(codec, "ENCODE_BATCH_BYTES", int(rng.integers(1, 30)))  # batches of 1+ crops
+        assert all(np.array_equal(a, b) for a, b in zip(encode_crops(crops), (runs, counts), strict=True))
+        monkeypatch.undo()
         assert counts.tolist() == [len(r) for r in ref]
         assert runs.dtype == np.uint32
         assert np.array_equal(runs, np.concatenate(ref) if ref else np.zeros(0))
@@ -247,3 +256,71 @@ def test_overlap_counts_in_small_batches_equal_one_batch(monkeypatch):
     monkeypatch.setattr(derive_module, "OVERLAP_BATCH_BYTES", 1)  # one meeting mask per stack
     got = derive_module.derive(masks, bboxes, cfg)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_a_damaged_block_is_blamed_on_its_frames_not_on_the_block(replay_data, tmp_path, monkeypatch):
+    """scan() falls back to frame-by-frame reads when a block cannot be read: only the frame whose data
+    is damaged fails; the others of its block read as ever. Frames from scan are copies."""
+    from unsamflow.pipeline.errors import StoreError
+    from unsamflow.pipeline.store import reader as reader_module
+    from unsamflow.pipeline.verify import read_frames
+
+    manifest, cache = replay_data
+    shard = write_shards(manifest, 1, tmp_path / "shards")[0]
+    spec = SegmenterSpec(REPLAY_FACTORY, {"cache": str(cache), "seconds": 0.0})
+    segment_shard(str(shard), str(tmp_path / "s.h5"), spec, DeriveConfig().to_dict())
+    store = MaskStore(tmp_path / "s.h5")
+    damaged = store.frame_ids[3]
+    seg_start, seg_len = int(store._segstart[3]), int(store.read_full_seg(3).nbytes)
+    real_slice = reader_module.MaskStore._slice
+
+    def slice_with_a_bad_chunk(self, name, start, count):  # frame 3's label map cannot be read
+        if name == "derived/full_seg" and start <= seg_start < start + count:
+            raise reader_module.StoreCorrupt(f"{self.path}: corrupt: cannot read {name}")
+        return real_slice(self, name, start, count)
+
+    monkeypatch.setattr(reader_module.MaskStore, "_slice", slice_with_a_bad_chunk)
+    scan = read_frames(store)
+    assert len(scan.problems) == 1 and repr(damaged) in scan.problems[0], scan.problems
+    assert set(scan.sha) == set(store.frame_ids) - {damaged}
+    monkeypatch.undo()
+    assert issubclass(reader_module.StoreCorrupt, StoreError)  # what scan's fallback catches
+    frames = store.scan()
+    frame = next(frames)
+    before = store.read(0).full_seg
+    frame.full_seg[:] = before.max() + 1  # changing a scanned frame changes nothing else
+    assert np.array_equal(store.read(0).full_seg, before) and seg_len > 0
+    frames.close()
+    store.close()
+
+
+def test_the_writer_takes_records_with_mixed_nesting_and_names_a_bad_one(tmp_path):
+    """The metadata of a frame goes in per field, but records the writer took one by one before (boxes
+    as [x, y, w, h] or [[x, y, w, h]], points as [[x, y]] or [x, y]) are still taken, and a bad one is
+    named with its mask index."""
+    from unsamflow.pipeline.errors import StoreError
+    from unsamflow.pipeline.store import StoreWriter
+
+    mask = np.zeros((4, 5), bool)
+    mask[1:3, 1:4] = True
+
+    def rec(bbox, point):
+        return {"segmentation": mask, "area": 6, "bbox": bbox, "predicted_iou": 0.9, "stability_score": 0.9,
+                "point_coords": point, "crop_box": [0, 0, 5, 4]}
+
+    records = [rec([1, 1, 2, 1], [[2.0, 1.0]]), rec([[1, 1, 2, 1]], [2.0, 1.0])]
+    with StoreWriter(tmp_path / "s.h5", segmenter={}, derive_config={}, source={}) as writer:
+        writer.add_frame("f", image_shape=(4, 5), sha256="0" * 64, records=records,
+                         full_seg=np.zeros((4, 5), np.uint8), key_objects=[])
+        with pytest.raises(StoreError, match="frame 'g', mask 1: bbox must be 4 integers"):
+            writer.add_frame("g", image_shape=(4, 5), sha256="0" * 64,
+                             records=[records[0], rec([1, 1, 2.5, 1], [[2.0, 1.0]])],
+                             full_seg=np.zeros((4, 5), np.uint8), key_objects=[])
+        with pytest.raises(StoreError, match="frame 'h', mask 0: point_coords must be one"):
+            writer.add_frame("h", image_shape=(4, 5), sha256="0" * 64,
+                             records=[rec([1, 1, 2, 1], [[2.0, 1.0], [3.0, 1.0]]), records[1]],
+                             full_seg=np.zeros((4, 5), np.uint8), key_objects=[])
+    with MaskStore(tmp_path / "s.h5") as store:
+        fm = store.read("f")
+        assert fm.bbox.tolist() == [[1, 1, 2, 1]] * 2 and fm.point_coords.tolist() == [[2.0, 1.0]] * 2
+        assert store.frame_ids == ["f"]

@@ -159,13 +159,33 @@ def decode_masks(shape: tuple[int, int], boxes: np.ndarray, runs: np.ndarray, st
     return out
 
 
+ENCODE_BATCH_BYTES = 16 << 20  # crop pixels encode_crops concatenates at a time (it needs ~2x that)
+
+
 def encode_crops(crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """encode_mask's run lengths of N box crops at once: (runs of all masks concatenated, count per mask).
 
     One pass over the crops' pixels concatenated: runs break at value changes and at mask starts, and a
     mask whose first pixel is set gets its leading empty 0-run. Equal to encode_mask crop by crop; the
-    per-mask numpy calls were most of the segment stage's encoding time on small frames.
+    per-mask numpy calls were most of the segment stage's encoding time on small frames. Crops go in
+    batches of ENCODE_BATCH_BYTES, so the temporaries stay bounded however large the frame's masks.
     """
+    sizes = np.fromiter((c.size for c in crops), np.int64, len(crops))
+    end = np.cumsum(sizes)
+    runs, counts, i = [], [], 0
+    while i < len(crops):
+        j = max(i + 1, int(np.searchsorted(end, end[i] - sizes[i] + ENCODE_BATCH_BYTES, side="right")))
+        r, c = _encode_batch(crops[i:j])
+        runs.append(r)
+        counts.append(c)
+        i = j
+    if len(runs) == 1:
+        return runs[0], counts[0]
+    return (np.concatenate(runs) if runs else np.zeros(0, RUN_DTYPE),
+            np.concatenate(counts) if counts else np.zeros(0, np.int64))
+
+
+def _encode_batch(crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     n = len(crops)
     sizes = np.fromiter((c.size for c in crops), np.int64, n)
     total = int(sizes.sum())

@@ -14,6 +14,8 @@ from unsamflow.pipeline.store import codec
 from unsamflow.pipeline.store.integrity import StoreCorrupt
 from unsamflow.pipeline.store.schema import _JSON_ATTRS, FORMAT_NAME, FORMAT_VERSION, FrameMasks
 
+SCAN_BLOCK_BYTES = 64 << 20  # label-map bytes one block of MaskStore.scan reads at once (beyond one frame)
+
 # Per-mask datasets, one row per mask (a frame's rows: mask_start .. + mask_count).
 _MASK_ROWS = ("masks/area", "masks/bbox", "masks/predicted_iou", "masks/stability_score",
               "masks/point_coords", "masks/crop_box", "masks/box", "masks/run_start", "masks/run_count")
@@ -186,7 +188,8 @@ class MaskStore:
     def _slice(self, name: str, start: int, count: int) -> np.ndarray:
         block = self._block.get(name)
         if block is not None and block[0] <= start and start + count <= block[0] + len(block[1]):
-            return block[1][start - block[0] : start - block[0] + count]
+            # A copy: a caller may change what it got, or keep it after the block is gone.
+            return block[1][start - block[0] : start - block[0] + count].copy()
         h5 = self._file()
         try:
             ds = self._datasets.get(name)
@@ -249,33 +252,45 @@ class MaskStore:
         boxes, crops = self._decode(r, codec.decode_crops, boxes, runs, starts, counts)
         return CropMasks(self.image_shape(r), boxes, crops)
 
-    def scan(self, block_frames: int = 64) -> Iterator[FrameMasks]:
+    def scan(self, block_frames: int = 64, block_bytes: int = SCAN_BLOCK_BYTES) -> Iterator[FrameMasks]:
         """Every frame in row order (as `read`), reading each dataset once per block of frames: a
         whole-store pass (verify) makes a dozen HDF5 reads per block instead of per frame, and
-        decompresses each chunk once. Memory: one block's data."""
+        decompresses each chunk once. A block holds at most `block_frames` frames and, beyond its
+        first frame, `block_bytes` of label maps. A block that cannot be read is read frame by frame,
+        so a damaged chunk is blamed on the frames it holds (their `read` raises), not on its block."""
         self._file()
         n = len(self._ids)
-        for a in range(0, n, block_frames):
-            b = min(n, a + block_frames)
-            m0, m1 = int(self._mstart[a]), int(self._mstart[b - 1] + self._mcount[b - 1])
-            ranges = {name: (m0, m1) for name in _MASK_ROWS}
-            pixels = self._shape[a:b, 0].astype(np.int64) * self._shape[a:b, 1]
-            ranges["derived/full_seg"] = (int(self._segstart[a]),
-                                          int((self._segstart[a:b] + pixels * self._segsize[a:b]).max()))
-            ranges["derived/key_objects"] = (int(self._kstart[a]),
-                                             int((self._kstart[a:b] + self._kcount[a:b]).max()))
+        seg_end = np.cumsum(self._shape[:, 0].astype(np.int64) * self._shape[:, 1] * self._segsize)
+        a = 0
+        while a < n:
+            limit = (seg_end[a - 1] if a else 0) + block_bytes  # where frame a's label map starts, + bytes
+            b = min(n, a + block_frames, max(a + 1, int(np.searchsorted(seg_end, limit, side="right"))))
             try:
-                self._block = {name: (lo, self._slice(name, lo, hi - lo))
-                               for name, (lo, hi) in ranges.items()}
-                starts = self._block["masks/run_start"][1]
-                counts = self._block["masks/run_count"][1]
-                if len(starts):
-                    lo, hi = int(starts.min()), int((starts + counts).max())
-                    self._block["masks/runs"] = (lo, self._slice("masks/runs", lo, hi - lo))
+                self._block = self._load_block(a, b)
+            except StoreError:
+                self._block = {}
+            try:
                 for r in range(a, b):
                     yield self.read(r)
             finally:
                 self._block = {}
+            a = b
+
+    def _load_block(self, a: int, b: int) -> dict[str, tuple[int, np.ndarray]]:
+        """Rows a..b-1's slice of every dataset a frame read touches: name -> (first index, data)."""
+        m0, m1 = int(self._mstart[a]), int(self._mstart[b - 1] + self._mcount[b - 1])
+        ranges = {name: (m0, m1) for name in _MASK_ROWS}
+        pixels = self._shape[a:b, 0].astype(np.int64) * self._shape[a:b, 1]
+        ranges["derived/full_seg"] = (int(self._segstart[a]),
+                                      int((self._segstart[a:b] + pixels * self._segsize[a:b]).max()))
+        ranges["derived/key_objects"] = (int(self._kstart[a]),
+                                         int((self._kstart[a:b] + self._kcount[a:b]).max()))
+        block = {name: (lo, self._slice(name, lo, hi - lo)) for name, (lo, hi) in ranges.items()}
+        starts, counts = block["masks/run_start"][1], block["masks/run_count"][1]
+        if len(starts):
+            lo, hi = int(starts.min()), int((starts + counts).max())
+            block["masks/runs"] = (lo, self._slice("masks/runs", lo, hi - lo))
+        return block
 
     def read(self, key: str | int) -> FrameMasks:
         """Everything about one frame (by id or row); touches only that frame's slices."""

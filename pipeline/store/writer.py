@@ -120,13 +120,23 @@ def _columns(records: list[dict], frame_id: str) -> dict[str, np.ndarray]:
 
     bbox, crop_box, points = stack("bbox", 4), stack("crop_box", 4), stack("point_coords", 2)
     for what, arr in (("bbox", bbox), ("crop_box", crop_box)):
-        bad = range(n) if arr is None else np.flatnonzero((arr != np.round(arr)).any(axis=1))
-        for i in bad:
-            _integral(records[i][what], what, frame_id, int(i))
+        if arr is None:  # record by record, as it always was (mixed nesting such as [[x, y, w, h]] passes)
+            arr = np.stack([_integral(r[what], what, frame_id, i) for i, r in enumerate(records)])
+        else:
+            for i in np.flatnonzero((arr != np.round(arr)).any(axis=1)):
+                _integral(records[i][what], what, frame_id, int(i))
+        if what == "bbox":
+            bbox = arr
+        else:
+            crop_box = arr
     if points is None:
+        rows = []
         for i, rec in enumerate(records):
-            if np.asarray(rec["point_coords"], np.float64).size != 2:
+            pc = np.asarray(rec["point_coords"], np.float64).reshape(-1)
+            if pc.size != 2:
                 raise StoreError(f"frame {frame_id!r}, mask {i}: point_coords must be one [x, y] point")
+            rows.append(pc)
+        points = np.stack(rows)
     return {
         "area": np.asarray([int(r["area"]) for r in records], np.int64),
         "bbox": bbox.astype(np.int32),
