@@ -154,6 +154,9 @@ class _Extents:
 
 
 OVERLAP_BATCH_BYTES = 16 << 20  # one stack of _overlap_counts: meeting masks x the candidate's box
+# Beyond this box size a stack costs more than it saves: each meeting mask would fill the whole box
+# (with the default key-object limits, at most 200 x 300 = 60,000 pixels, it never applies).
+OVERLAP_STACK_MAX_PIXELS = 1 << 18
 
 
 def _overlap_counts(candidates: np.ndarray, ext: _Extents) -> np.ndarray:
@@ -178,6 +181,10 @@ def _overlap_counts(candidates: np.ndarray, ext: _Extents) -> np.ndarray:
         y0, y1 = np.maximum(ext.y0[meets], cy0), np.minimum(ext.y1[meets], ext.y1[c])
         x0, x1 = np.maximum(ext.x0[meets], cx0), np.minimum(ext.x1[meets], ext.x1[c])
         parts = list(zip(meets.tolist(), y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), strict=True))
+        if cand.size > OVERLAP_STACK_MAX_PIXELS:  # a big box: AND each overlap window alone, not the box
+            counts[j] = sum(bool(np.any(ext.part(m, a, b, d, e) & ext.part(c, a, b, d, e)))
+                            for m, a, b, d, e in parts)
+            continue
         step = max(1, OVERLAP_BATCH_BYTES // max(1, cand.size))
         for lo in range(0, len(parts), step):
             batch = parts[lo : lo + step]

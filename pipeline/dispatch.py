@@ -204,6 +204,7 @@ def segment_shards(
         ): store.name
         for sf, store, _ in todo
     }
+    finished = 0  # frames (good and bad) of the shards finished so far
     try:
         for fut, lost in completed(client, futures, worker_timeout):
             name = futures[fut]
@@ -219,6 +220,10 @@ def segment_shards(
                 res.failed[name] = describe_failure(exc)
                 continue
             res.written += 1
+            # Progress events come in batches and may trail the result: count a finished shard whole.
+            finished += stats["frames"] + len(stats["bad"])
+            if bar.n < min(bar.total, plan.done_frames + finished):
+                bar.update(min(bar.total, plan.done_frames + finished) - bar.n)
             res.frames += stats["frames"]
             res.masks += stats["masks"]
             res.bad.update(stats["bad"])

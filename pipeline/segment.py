@@ -292,6 +292,10 @@ def segment_shard(
         source=source,
         shard=dict(shard.meta),
     ) as writer:
+        # Segmenter errors, and errors making masks of its output, per frame: when every readable frame
+        # has one, the segmenter is broken rather than the frames, and the shard fails.
+        failures: list[BaseException] = []
+
         def bad(frame_id: str, reason: str) -> None:
             writer.add_bad(frame_id, reason)
             stats["bad"][frame_id] = reason
@@ -324,6 +328,12 @@ def segment_shard(
             except StoreError as exc:  # this frame's records do not fit the store format
                 bad(frame_id, str(exc))
                 return
+            except BadInputError:  # a plug-in breaking the record format: the segmenter's fault
+                raise
+            except Exception as exc:  # this frame's output only, unless it happens to every frame
+                failures.append(exc)
+                bad(frame_id, f"segmenter {spec.name!r} output unusable: {type(exc).__name__}: {exc}")
+                return
             flushed = writer.write_s - written
             phases["stack"] += t1 - t0
             phases["derive"] += t2 - t1
@@ -337,7 +347,6 @@ def segment_shard(
         # thread and frame i - 1 cropped, derived and written on the finisher thread while frame i is
         # segmented, so on a GPU worker (or a spare core) that work costs no wall time. One frame in
         # flight each way bounds memory.
-        failures: list[BaseException] = []
         readable = 0
         with ThreadPoolExecutor(1, thread_name_prefix="finish") as finisher:
             pending = None
@@ -378,6 +387,13 @@ def segment_shard(
                         cropped = frame_masks(records, shape, frame.id, budget, spec, check)
                     except BadFrameError as exc:
                         after_previous(bad, frame.id, exc.reason)
+                        continue
+                    except BadInputError:  # a plug-in breaking the record format: the segmenter's fault
+                        raise
+                    except Exception as exc:  # this frame's output only, unless it happens to every frame
+                        failures.append(exc)
+                        why = f"segmenter {spec.name!r} output unusable: {type(exc).__name__}: {exc}"
+                        after_previous(bad, frame.id, why)
                         continue
                     finally:
                         del records

@@ -118,3 +118,23 @@ class ManySegmenter:
 
 def make_many(n: int = 50, block: int = 0, fail_width: int = 0, fail: str = "MemoryError") -> ManySegmenter:
     return ManySegmenter(n, block, fail_width, fail)
+
+
+class UnusableSegmenter(ManySegmenter):
+    """ManySegmenter whose records for frames `bad_width` wide carry a score that is not a number."""
+
+    name = "unusable"
+
+    def __init__(self, bad_width: int = 0):
+        super().__init__(n=3, block=4)
+        self.bad_width = bad_width
+
+    def __call__(self, image: np.ndarray) -> list[dict]:
+        out = super().__call__(image)
+        if image.shape[1] == self.bad_width or self.bad_width < 0:
+            out[0]["predicted_iou"] = "high"
+        return out
+
+
+def make_unusable(bad_width: int = 0) -> UnusableSegmenter:
+    return UnusableSegmenter(bad_width)

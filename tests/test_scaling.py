@@ -256,6 +256,9 @@ def test_overlap_counts_in_small_batches_equal_one_batch(monkeypatch):
     monkeypatch.setattr(derive_module, "OVERLAP_BATCH_BYTES", 1)  # one meeting mask per stack
     got = derive_module.derive(masks, bboxes, cfg)
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    monkeypatch.setattr(derive_module, "OVERLAP_STACK_MAX_PIXELS", 0)  # every box "big": mask by mask
+    got = derive_module.derive(masks, bboxes, cfg)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 
 def test_a_damaged_block_is_blamed_on_its_frames_not_on_the_block(replay_data, tmp_path, monkeypatch):
@@ -324,3 +327,22 @@ def test_the_writer_takes_records_with_mixed_nesting_and_names_a_bad_one(tmp_pat
         fm = store.read("f")
         assert fm.bbox.tolist() == [[1, 1, 2, 1]] * 2 and fm.point_coords.tolist() == [[2.0, 1.0]] * 2
         assert store.frame_ids == ["f"]
+
+
+def test_output_that_cannot_be_stored_fails_its_frame_or_if_every_frame_its_shard(tmp_path):
+    """Making masks and rows of a segmenter's output now runs on the finisher thread; an error there is
+    still the frame's (recorded bad, the shard goes on) unless every frame has it (the shard fails)."""
+    root = tmp_path / "data"
+    (root / "s").mkdir(parents=True)
+    for name, width in (("a.png", 32), ("b.png", 40), ("c.png", 32)):
+        cv2.imwrite(str(root / "s" / name), np.full((24, width, 3), 90, np.uint8))
+    manifest = Manifest("folder", str(root), [Frame(f"s/{n}", "s") for n in ("a.png", "b.png", "c.png")])
+    shard = write_shards(manifest, 1, tmp_path / "shards")[0]
+    spec = SegmenterSpec("tests.plugin_segmenter:make_unusable", {"bad_width": 40})
+    stats = segment_shard(str(shard), str(tmp_path / "one.h5"), spec, DeriveConfig().to_dict())
+    assert stats["frames"] == 2 and list(stats["bad"]) == ["s/b.png"]
+    assert "output unusable: ValueError" in stats["bad"]["s/b.png"]
+    every = SegmenterSpec("tests.plugin_segmenter:make_unusable", {"bad_width": -1})
+    with pytest.raises(ValueError):
+        segment_shard(str(shard), str(tmp_path / "all.h5"), every, DeriveConfig().to_dict())
+    assert not (tmp_path / "all.h5").exists()

@@ -22,7 +22,13 @@ RECORD_KEYS = (
 
 @runtime_checkable
 class Segmenter(Protocol):
-    """Built once per worker, called for every frame that worker gets."""
+    """Built once per worker, called for every frame that worker gets.
+
+    Optional attributes the segment stage uses when present: `segment_compact(image)` (records with
+    uncompressed-RLE masks, cheaper to hand over than H x W arrays), `peak_bytes(shape)` (memory a frame
+    will take, checked against the frame budget first) and `thread_safe = True` (calls from a worker's
+    task threads may overlap; without it they take turns, as a model on one GPU must).
+    """
 
     name: str
     version: str
