@@ -187,17 +187,17 @@ def rle_crops(segs: Sequence[dict], shape: tuple[int, int], budget: int | None =
     used, i = 0, 0
     while i < n:  # masks i..j-1: at least one, then up to RLE_BATCH_RUNS runs
         j = max(i + 1, int(np.searchsorted(ends_at, ends_at[i] - lens[i] + RLE_BATCH_RUNS, side="right")))
-        left = None if budget is None else budget - used
-        boxes[i:j], batch = _rle_batch(segs[i:j], lens[i:j], H, W, i, left)
+        boxes[i:j], batch = _rle_batch(segs[i:j], lens[i:j], H, W, i, budget, used)
         used += int((boxes[i:j, 2] * boxes[i:j, 3]).sum())
         crops += batch
         i = j
     return boxes, crops
 
 
-def _rle_batch(segs: Sequence[dict], lens: np.ndarray, H: int, W: int, base: int, budget: int | None
-               ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """rle_crops for one batch of masks (`base`: the index of its first mask, for messages)."""
+def _rle_batch(segs: Sequence[dict], lens: np.ndarray, H: int, W: int, base: int, budget: int | None,
+               used_before: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """rle_crops for one batch of masks (`base`: the index of its first mask, for messages;
+    `used_before`: crop bytes of the batches before it)."""
     n = len(segs)
     if any(isinstance(seg["counts"], np.ndarray) for seg in segs):  # iterating numpy scalars is slow
         counts = np.concatenate([np.asarray(seg["counts"], np.int64).reshape(-1) for seg in segs])
@@ -230,7 +230,7 @@ def _rle_batch(segs: Sequence[dict], lens: np.ndarray, H: int, W: int, base: int
         y1 = np.where(spans, H - 1, np.maximum.reduceat(e % H, at))
         boxes[have] = np.stack([y0, x0, y1 - y0 + 1, x1 - x0 + 1], axis=1)
     if budget is not None:
-        used = np.cumsum(boxes[:, 2] * boxes[:, 3])
+        used = used_before + np.cumsum(boxes[:, 2] * boxes[:, 3])
         over = np.flatnonzero(used > budget)
         if over.size:
             raise _OverBudget(base + int(over[0]), int(used[over[0]]))

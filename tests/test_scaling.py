@@ -346,3 +346,24 @@ def test_output_that_cannot_be_stored_fails_its_frame_or_if_every_frame_its_shar
     with pytest.raises(ValueError):
         segment_shard(str(shard), str(tmp_path / "all.h5"), every, DeriveConfig().to_dict())
     assert not (tmp_path / "all.h5").exists()
+
+
+def test_the_budget_counts_every_batch_of_run_length_masks(monkeypatch):
+    """Over the frame budget, the refusal names the mask where the crops' bytes, counted across
+    rle_crops' batches, pass it, and the bytes used up to there."""
+    import unsamflow.pipeline.masks as masks_module
+    from unsamflow.pipeline.errors import BadFrameError
+
+    H, W = 20, 30
+    segs = []
+    for k in range(6):
+        m = np.zeros((H, W), bool)
+        m[k : k + 5, k : k + 10] = True  # 50-byte crops
+        segs.append({"segmentation": to_uncompressed_rle(m)})
+    fixed = masks_module.frame_fixed_bytes((H, W))
+    for runs in (10**9, 3):  # one batch, or a batch per mask
+        monkeypatch.setattr(masks_module, "RLE_BATCH_RUNS", runs)
+        with pytest.raises(BadFrameError, match="after 4 of 6 masks") as err:
+            CropMasks.from_records(segs, (H, W), budget=fixed + 3 * 50 + 10, frame_id="f")
+        assert masks_module.fmt_bytes(fixed + 200) in str(err.value)
+        assert len(CropMasks.from_records(segs, (H, W), budget=fixed + 300, frame_id="f")) == 6

@@ -118,17 +118,15 @@ def _columns(records: list[dict], frame_id: str) -> dict[str, np.ndarray]:
         except ValueError:  # ragged or the wrong length somewhere: the loops below name it
             return None
 
-    bbox, crop_box, points = stack("bbox", 4), stack("crop_box", 4), stack("point_coords", 2)
-    for what, arr in (("bbox", bbox), ("crop_box", crop_box)):
+    def integral_boxes(what: str) -> np.ndarray:
+        arr = stack(what, 4)
         if arr is None:  # record by record, as it always was (mixed nesting such as [[x, y, w, h]] passes)
-            arr = np.stack([_integral(r[what], what, frame_id, i) for i, r in enumerate(records)])
-        else:
-            for i in np.flatnonzero((arr != np.round(arr)).any(axis=1)):
-                _integral(records[i][what], what, frame_id, int(i))
-        if what == "bbox":
-            bbox = arr
-        else:
-            crop_box = arr
+            return np.stack([_integral(r[what], what, frame_id, i) for i, r in enumerate(records)])
+        for i in np.flatnonzero((arr != np.round(arr)).any(axis=1)):
+            _integral(records[i][what], what, frame_id, int(i))  # raises, naming the mask
+        return arr
+
+    bbox, crop_box, points = integral_boxes("bbox"), integral_boxes("crop_box"), stack("point_coords", 2)
     if points is None:
         rows = []
         for i, rec in enumerate(records):
