@@ -53,6 +53,7 @@ from benchmarks.replay_segmenter import build_cache
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_SECONDS = 0.5
+PARTS = ("overhead", "scaling", "machinery")
 
 
 def worker_env() -> dict[str, str]:
@@ -189,6 +190,9 @@ def main(argv: list[str] | tuple[str, ...] = ()) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer frames and workers: a smoke test")
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp dir)")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="measure only these; the other parts' rows and figures are kept from the last "
+                         "scaling.json (e.g. to re-measure one part on a quiet machine)")
     args = ap.parse_args(list(argv))
     os.environ.update({k: v for k, v in worker_env().items() if k in ("PYTHONPATH", "OMP_NUM_THREADS")})
     sys.path.insert(0, str(REPO))
@@ -211,7 +215,7 @@ def main(argv: list[str] | tuple[str, ...] = ()) -> None:
         # overhead: one worker, the real frames once, 8 shards; with 1 task thread and with the 2 that a
         # GPU worker runs (tasks take turns in the model; one prepares while the other segments)
         shards = write_shards(real, 8, work / "shards-overhead")
-        for threads in (1, GPU_WORKER_THREADS):
+        for threads in (1, GPU_WORKER_THREADS) if "overhead" in args.parts else ():
             dest = work / f"stores-overhead-{threads}"
             r = run_local(shards, dest, spec, ClusterConfig(workers=1, threads_per_worker=threads,
                                                              dashboard=None))
@@ -222,14 +226,15 @@ def main(argv: list[str] | tuple[str, ...] = ()) -> None:
                          **_flat(r), "ideal_s": ideal, "overhead_pct": pct})
             out[f"overhead_1_worker_{threads}_threads_pct"] = pct
             print(rows[-1], flush=True)
-        out["overhead_1_worker_pct"] = out[f"overhead_1_worker_{GPU_WORKER_THREADS}_threads_pct"]
-        out["phases_ms_per_frame_0_5s"] = r["phases_ms_per_frame"]
+        if "overhead" in args.parts:
+            out["overhead_1_worker_pct"] = out[f"overhead_1_worker_{GPU_WORKER_THREADS}_threads_pct"]
+            out["phases_ms_per_frame_0_5s"] = r["phases_ms_per_frame"]
 
         # scaling, local and external
         many = replicated(real, copies, work / "replicas")
         n_shards = 8 * max(worker_counts)
         shards = write_shards(many, n_shards, work / "shards-scaling")
-        for kind in ("local", "external"):
+        for kind in ("local", "external") if "scaling" in args.parts else ():
             base = None
             # external: 1 and the most workers (the full sweep is the local one; each 1-worker run of
             # the replicated frames takes minutes)
@@ -256,7 +261,7 @@ def main(argv: list[str] | tuple[str, ...] = ()) -> None:
         # machinery: a big manifest of small frames, 0-second segmenter
         small_cache = work / "replay-small.pkl"
         runs = {}
-        for n in big:
+        for n in big if "machinery" in args.parts else ():
             data = small_frames(n, work / "small", small_cache)
             dest = work / f"run-{n}"
             shutil.rmtree(dest, ignore_errors=True)
@@ -265,18 +270,20 @@ def main(argv: list[str] | tuple[str, ...] = ()) -> None:
             rows.append({"part": "machinery", "setting": f"pipeline run, {n} frames of 96x128, 0 s/frame",
                          **_flat(runs[n])})
             print(rows[-1], flush=True)
-        lo, hi = runs[big[0]], runs[big[1]]
-        growth = (hi["client_peak_rss_mib"] - lo["client_peak_rss_mib"]) * 2**20 / (big[1] - big[0])
-        manifest_per_frame = (hi["manifest_bytes"] - lo["manifest_bytes"]) / (big[1] - big[0])
-        out["machinery_ms_per_frame_20k"] = hi["ms_per_frame"]
-        out["client_rss_growth_bytes_per_frame"] = growth
-        out["manifest_json_bytes_per_frame"] = manifest_per_frame
-        out["cluster_startup_s"] = hi["cluster_startup_s"]
-        out["phases_ms_per_frame_small"] = hi["phases_ms_per_frame"]
+        lo, hi = runs.get(big[0]), runs.get(big[1])
+        if runs:
+            growth = (hi["client_peak_rss_mib"] - lo["client_peak_rss_mib"]) * 2**20 / (big[1] - big[0])
+            manifest_per_frame = (hi["manifest_bytes"] - lo["manifest_bytes"]) / (big[1] - big[0])
+            out["machinery_ms_per_frame_20k"] = hi["ms_per_frame"]
+            out["client_rss_growth_bytes_per_frame"] = growth
+            out["manifest_json_bytes_per_frame"] = manifest_per_frame
+            out["cluster_startup_s"] = hi["cluster_startup_s"]
+            out["phases_ms_per_frame_small"] = hi["phases_ms_per_frame"]
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    rows, out = kept_from_last_run(args.parts, rows, out)
     store = RESULTS / "store.json"
     if store.exists():
         figures = json.loads(store.read_text())
@@ -295,6 +302,18 @@ def main(argv: list[str] | tuple[str, ...] = ()) -> None:
         "task's threads (read-ahead, segmenter, finisher), so they overlap; wait = time a task waited "
         "for the model while another task's frame was in it.")
     print(write_results("scaling", rows, notes, summary=out).read_text())
+
+
+def kept_from_last_run(parts: list[str], rows: list[dict], out: dict) -> tuple[list[dict], dict]:
+    """With --parts, the rows and figures of the parts not measured now, from the last scaling.json."""
+    last = RESULTS / "scaling.json"
+    if set(parts) == set(PARTS) or not last.exists():
+        return rows, out
+    data = json.loads(last.read_text())
+    old_rows = [r for r in data["rows"] if r["part"].split(" ")[0] not in parts]
+    old_out = {k: v for k, v in data.items() if k not in ("benchmark", "machine", "rows", "notes")}
+    merged = sorted(old_rows + rows, key=lambda r: PARTS.index(r["part"].split(" ")[0]))
+    return merged, {**old_out, **out, "measured_now": parts}
 
 
 def _flat(r: dict) -> dict:
