@@ -243,6 +243,24 @@ def read_ahead(shard: Manifest, timings: dict[str, float] | None = None):
             yield cur
 
 
+# Share of the frame budget that a frame's full-frame bool masks may take while they wait for the
+# finisher (the next frame is segmented meanwhile); bigger ones are cropped on the segmenter's thread.
+HAND_OVER_SHARE = 0.25
+
+
+def hand_over(records, shape: tuple[int, int], budget: int | None) -> bool:
+    """May these records go to the finisher thread as they are? Run-length masks (small) may; bool masks
+    may while they take at most HAND_OVER_SHARE of the frame budget; anything malformed is checked
+    right away instead."""
+    if not (isinstance(records, list) and records and isinstance(records[0], dict)):
+        return False
+    from unsamflow.pipeline.masks import is_rle
+
+    if is_rle(records[0].get("segmentation")):
+        return True
+    return budget is None or len(records) * shape[0] * shape[1] <= HAND_OVER_SHARE * budget
+
+
 # Per-frame phases of a task, in order; their seconds are summed per shard (stats["phases_s"]).
 PHASES = ("read", "hash", "decode", "wait", "segment", "stack", "derive", "encode", "write")
 
@@ -262,7 +280,6 @@ def segment_shard(
     the frames: then the shard fails (and is retried) instead of becoming a store of bad frames.
     """
     from unsamflow.pipeline.derive import DeriveConfig, derive
-    from unsamflow.pipeline.masks import is_rle
     from unsamflow.pipeline.segmenters import BUILTIN_SEGMENTERS
     from unsamflow.pipeline.store import StoreWriter
 
@@ -377,11 +394,9 @@ def segment_shard(
                     continue
                 finally:
                     del rgb
-                compact = isinstance(records, list) and bool(records) and isinstance(records[0], dict) \
-                    and is_rle(records[0].get("segmentation"))
-                if not compact:
-                    # Full-frame bool masks (N x H x W bytes): crop them now rather than hold them while
-                    # the next frame is segmented. Run-length records are small: the finisher crops them.
+                if not hand_over(records, shape, budget):
+                    # Full-frame bool masks too big to hold while the next frame is segmented: crop them
+                    # now, on this thread. Run-length and small records go to the finisher whole.
                     t0 = time.perf_counter()
                     try:
                         cropped = frame_masks(records, shape, frame.id, budget, spec, check)

@@ -367,3 +367,17 @@ def test_the_budget_counts_every_batch_of_run_length_masks(monkeypatch):
             CropMasks.from_records(segs, (H, W), budget=fixed + 3 * 50 + 10, frame_id="f")
         assert masks_module.fmt_bytes(fixed + 200) in str(err.value)
         assert len(CropMasks.from_records(segs, (H, W), budget=fixed + 300, frame_id="f")) == 6
+
+
+def test_which_records_wait_for_the_finisher_whole():
+    """Run-length records always; bool masks while they fit a quarter of the frame budget; malformed
+    output never (it is checked at once)."""
+    from unsamflow.pipeline.segment import hand_over
+
+    rle = [{"segmentation": {"size": [10, 10], "counts": [100]}}]
+    bools = [{"segmentation": np.zeros((10, 10), bool)}] * 4  # 400 bytes
+    assert hand_over(rle, (10, 10), budget=1)
+    assert hand_over(bools, (10, 10), budget=1600) and not hand_over(bools, (10, 10), budget=1599)
+    assert hand_over(bools, (10, 10), budget=None)
+    assert not hand_over(None, (10, 10), 10**9) and not hand_over([], (10, 10), 10**9)
+    assert not hand_over([[1, 2]], (10, 10), 10**9)
