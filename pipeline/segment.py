@@ -276,8 +276,9 @@ def segment_shard(
 
     Failures stay with their frame: a frame that cannot be read, cannot fit in `frame_memory` bytes
     (default: default_frame_budget()) or makes the segmenter run out of memory is recorded bad with
-    its reason and the shard goes on. A segmenter that raises on every frame of a shard is broken, not
-    the frames: then the shard fails (and is retried) instead of becoming a store of bad frames.
+    its reason and the shard goes on. A segmenter that raises (or whose output cannot be stored) on
+    every frame of a shard is broken, not the frames: then the shard fails (and is retried) instead
+    of becoming a store of bad frames. Per-phase seconds come back in stats["phases_s"] (PHASES).
     """
     from unsamflow.pipeline.derive import DeriveConfig, derive
     from unsamflow.pipeline.segmenters import BUILTIN_SEGMENTERS
