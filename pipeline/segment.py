@@ -314,6 +314,17 @@ def segment_shard(
         # has one, the segmenter is broken rather than the frames, and the shard fails.
         failures: list[BaseException] = []
 
+        def frame_error(exc: Exception, what: str) -> str:
+            """Why a frame is bad after `exc`, or re-raise it. BadFrameError: the frame's own (over its
+            budget, out of memory). BadInputError: the segmenter's (its options, its output format),
+            so the shard fails. Anything else: this frame's, unless every frame has one (failures)."""
+            if isinstance(exc, BadFrameError):
+                return exc.reason
+            if isinstance(exc, BadInputError):
+                raise exc
+            failures.append(exc)
+            return f"segmenter {spec.name!r} {what}: {type(exc).__name__}: {exc}"
+
         def bad(frame_id: str, reason: str) -> None:
             writer.add_bad(frame_id, reason)
             stats["bad"][frame_id] = reason
@@ -336,9 +347,6 @@ def segment_shard(
                 writer.add_frame(frame_id, image_shape=shape, sha256=sha, records=records,
                                  full_seg=full_seg, key_objects=key_idx, masks=masks)
                 t3 = time.perf_counter()
-            except BadFrameError as exc:  # over the frame budget while cropping
-                bad(frame_id, exc.reason)
-                return
             except MemoryError:  # add_frame checks everything before it appends: the store is intact
                 bad(frame_id, f"out of memory deriving or writing {n} masks of a "
                               f"{shape[0]}x{shape[1]} (HxW) frame")
@@ -346,11 +354,8 @@ def segment_shard(
             except StoreError as exc:  # this frame's records do not fit the store format
                 bad(frame_id, str(exc))
                 return
-            except BadInputError:  # a plug-in breaking the record format: the segmenter's fault
-                raise
-            except Exception as exc:  # this frame's output only, unless it happens to every frame
-                failures.append(exc)
-                bad(frame_id, f"segmenter {spec.name!r} output unusable: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                bad(frame_id, frame_error(exc, "output unusable"))
                 return
             flushed = writer.write_s - written
             phases["stack"] += t1 - t0
@@ -383,15 +388,8 @@ def segment_shard(
                 shape = (int(rgb.shape[0]), int(rgb.shape[1]))
                 try:
                     records = segment_frame(seg, rgb, frame.id, budget, spec, phases)
-                except BadFrameError as exc:
-                    after_previous(bad, frame.id, exc.reason)
-                    continue
-                except BadInputError:  # the segmenter refuses its input or options: not this frame's fault
-                    raise
-                except Exception as exc:  # this frame only, unless it happens to every frame
-                    failures.append(exc)
-                    why = f"segmenter {spec.name!r} failed: {type(exc).__name__}: {exc}"
-                    after_previous(bad, frame.id, why)
+                except Exception as exc:
+                    after_previous(bad, frame.id, frame_error(exc, "failed"))
                     continue
                 finally:
                     del rgb
@@ -401,15 +399,8 @@ def segment_shard(
                     t0 = time.perf_counter()
                     try:
                         cropped = frame_masks(records, shape, frame.id, budget, spec, check)
-                    except BadFrameError as exc:
-                        after_previous(bad, frame.id, exc.reason)
-                        continue
-                    except BadInputError:  # a plug-in breaking the record format: the segmenter's fault
-                        raise
-                    except Exception as exc:  # this frame's output only, unless it happens to every frame
-                        failures.append(exc)
-                        why = f"segmenter {spec.name!r} output unusable: {type(exc).__name__}: {exc}"
-                        after_previous(bad, frame.id, why)
+                    except Exception as exc:
+                        after_previous(bad, frame.id, frame_error(exc, "output unusable"))
                         continue
                     finally:
                         del records
