@@ -53,16 +53,16 @@ class ClusterConfig:
     tls_key: str | None = None  # this side's private key
 
 
+# Task threads of a local GPU worker. Tasks take turns in the one model (segment._CALL_LOCK), so the
+# GPU runs one frame at a time; the second thread reads, derives and writes meanwhile, so the GPU does
+# not idle between shards (benchmarks/bench_scaling, 1 worker, 8 shards of real frames at 0.5 s per
+# frame: 2.7-4.4 % over the segmenter's time with 1 thread, 0.9-1.3 % with 2).
+GPU_WORKER_THREADS = 2
+
 # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's adaptive mmap
 # threshold: every frame-sized array is then mmap'd, page-faulted and unmapped again. Measured on the
 # graph segmenter: 50% slower than glibc's defaults; these values are 8% faster than the defaults.
 # glibc reads them at process start, so they go into Dask's *pre-spawn* environment.
-# Task threads of a local GPU worker. Tasks take turns in the one model (segment._CALL_LOCK), so the
-# GPU runs one frame at a time; the second thread reads, derives and writes meanwhile, so the GPU does
-# not idle between shards (benchmarks/bench_scaling: 4.4 % overhead over the segmenter with 1 thread,
-# 1.2 % with 2, on 8 shards of real frames at 0.5 s per frame).
-GPU_WORKER_THREADS = 2
-
 MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(128 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 
 
