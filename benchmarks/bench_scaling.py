@@ -40,7 +40,7 @@ import psutil
 from unsamflow.pipeline.cluster import GPU_WORKER_THREADS, ClusterConfig, open_cluster
 from unsamflow.pipeline.derive import DeriveConfig
 from unsamflow.pipeline.dispatch import segment_shards
-from unsamflow.pipeline.images import read_rgb
+from unsamflow.pipeline.images import read_rgb, write_png
 from unsamflow.pipeline.manifest import Frame, Manifest
 from unsamflow.pipeline.segmenters.base import SegmenterSpec
 from unsamflow.pipeline.segmenters.graph import GraphSegmenter
@@ -140,7 +140,7 @@ def small_frames(n: int, root: Path, cache: Path, distinct: int = 40) -> Path:
         for i, f in enumerate(real.frames[:distinct]):
             rgb, _ = read_rgb(real.path(f.id))
             small = cv2.resize(rgb, (128, 96), interpolation=cv2.INTER_AREA)
-            cv2.imwrite(str(src / f"{i:03d}.png"), small[..., ::-1])
+            write_png(src / f"{i:03d}.png", small)
             images.append((f.id, small))
         build_cache(images, cache, GraphSegmenter(max_side=128, min_area=64))
     pngs = sorted(src.glob("*.png"))

@@ -149,14 +149,6 @@ def refilter(src: Path, dst: Path, filters: dict) -> float:
 
 
 # -- candidate mask encodings in one flat HDF5 dataset (the measurement behind mask_codec) --------
-def _rle(mask: np.ndarray) -> np.ndarray:
-    """SAM/COCO uncompressed RLE counts (column-major, starting with a run of zeros)."""
-    flat = mask.ravel(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate([[0], change, [flat.size]]))
-    return np.concatenate([[0], counts]) if flat[0] else counts
-
-
 def _unrle(counts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     values = np.zeros(len(counts), bool)
     values[1::2] = True
@@ -187,7 +179,7 @@ CANDIDATES: dict[str, tuple[Callable, Callable]] = {
         lambda b, shape, box, out: np.copyto(out, np.unpackbits(b, count=out.size).reshape(shape).view(bool)),
     ),
     "SAM/COCO uncompressed RLE (column-major uint32 counts)": (
-        lambda m: _rle(m).astype(np.uint32),
+        lambda m: mask_codec.runs_of(m.ravel(order="F")).astype(np.uint32),  # SAM/COCO uncompressed RLE
         lambda b, shape, box, out: np.copyto(out, _unrle(b, shape)),
     ),
 }

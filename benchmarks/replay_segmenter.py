@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.masks import rle_decode, rle_encode
 
 FORMAT = "unsamflow-replay-cache/1"
 REPLAY_FACTORY = "benchmarks.replay_segmenter:ReplaySegmenter"  # its plug-in path (module:factory)
@@ -35,16 +36,6 @@ def fingerprint(image: np.ndarray) -> str:
     h, w = image.shape[:2]
     sample = np.ascontiguousarray(image[:: max(1, h // 16), :: max(1, w // 16)])
     return hashlib.blake2b(repr(image.shape).encode() + sample.tobytes(), digest_size=16).hexdigest()
-
-
-def to_uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
-    """(H, W) bool -> segment-anything's uncompressed RLE: column-major run lengths, zeros first."""
-    flat = np.asarray(mask, bool).ravel(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate([[0], change, [flat.size]]))
-    if flat.size and flat[0]:
-        counts = np.concatenate([[0], counts])
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
 
 
 def build_cache(images: Iterable[tuple[str, np.ndarray]], out: Path, segmenter=None) -> dict[str, Any]:
@@ -65,7 +56,7 @@ def build_cache(images: Iterable[tuple[str, np.ndarray]], out: Path, segmenter=N
         records = segmenter(rgb)
         t_seg += time.perf_counter() - t0
         compact = [{**{k: v for k, v in r.items() if k != "segmentation"},
-                    "segmentation": to_uncompressed_rle(r["segmentation"])} for r in records]
+                    "segmentation": rle_encode(r["segmentation"])} for r in records]
         for r in compact:  # arrays load ~10x faster than lists; the replay hands out lists, as SAM does
             r["segmentation"]["counts"] = np.asarray(r["segmentation"]["counts"], np.int64)
         key = fingerprint(rgb)
@@ -124,8 +115,6 @@ class ReplaySegmenter:
         return out
 
     def __call__(self, image: np.ndarray) -> list[dict[str, Any]]:
-        from unsamflow.pipeline.masks import rle_decode
-
         records = self.segment_compact(image)
         for r in records:
             r["segmentation"] = np.ascontiguousarray(rle_decode(r["segmentation"]))

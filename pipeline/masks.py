@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from unsamflow.pipeline.errors import BadFrameError, BadInputError
-from unsamflow.pipeline.store.codec import tight_box, tight_boxes
+from unsamflow.pipeline.store.codec import runs_of, tight_box, tight_boxes
 
 # Bytes per pixel a frame costs besides its masks: the RGB image (3), the label map and its renumbered
 # copy (int32, 4 + 4), and one full-frame mask decoded at a time (1).
@@ -129,6 +129,13 @@ def is_rle(seg: Any) -> bool:
 
 def rle_area(seg: dict) -> int:
     return int(np.asarray(seg["counts"], np.int64)[1::2].sum())
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """(h, w) bool -> segment-anything's uncompressed RLE (column-major, zeros first; counts a list)."""
+    mask = np.asarray(mask, bool)
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])],
+            "counts": runs_of(mask.ravel(order="F")).tolist()}
 
 
 def rle_decode(seg: dict) -> np.ndarray:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from unsamflow.pipeline.masks import rle_encode
 
 
 class GridSegmenter:
@@ -70,14 +71,6 @@ def make_blocking(reached: str, release: str, block_at: int = 2, k: int = 2) -> 
     return BlockingSegmenter(reached, release, block_at, k)
 
 
-def _rle(mask: np.ndarray) -> dict:
-    """segment-anything's uncompressed RLE of one mask (column-major, zeros first)."""
-    flat = mask.T.ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
-    return {"size": list(mask.shape), "counts": ([0] + runs) if flat[0] else runs}
-
-
 class ManySegmenter:
     """n masks per frame as run lengths, like SAM's `uncompressed_rle` output: full-frame masks
     (block=0) or block x block squares along the diagonal. Never holds more than one full mask.
@@ -109,9 +102,9 @@ class ManySegmenter:
                 m[:] = True
             ys, xs = np.nonzero(m)
             bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()), int(ys.max() - ys.min())]
-            out.append({"segmentation": _rle(m), "area": int(m.sum()), "bbox": bbox, "predicted_iou": 1.0,
-                        "stability_score": 1.0, "point_coords": [[float(xs[0]), float(ys[0])]],
-                        "crop_box": [0, 0, w, h]})
+            out.append({"segmentation": rle_encode(m), "area": int(m.sum()), "bbox": bbox,
+                        "predicted_iou": 1.0, "stability_score": 1.0,
+                        "point_coords": [[float(xs[0]), float(ys[0])]], "crop_box": [0, 0, w, h]})
             del m
         return out
 

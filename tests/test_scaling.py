@@ -15,7 +15,7 @@ from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
 from unsamflow.pipeline.derive import DeriveConfig
 from unsamflow.pipeline.dispatch import segment_shards
 from unsamflow.pipeline.manifest import Frame, Manifest
-from unsamflow.pipeline.masks import CropMasks, rle_crop, rle_crops, rle_decode
+from unsamflow.pipeline.masks import CropMasks, rle_crop, rle_crops, rle_decode, rle_encode
 from unsamflow.pipeline.segment import PHASES, ProgressSink, segment_frame, segment_shard
 from unsamflow.pipeline.segmenters import build_segmenter
 from unsamflow.pipeline.segmenters.base import SegmenterSpec
@@ -23,7 +23,7 @@ from unsamflow.pipeline.shard import write_shards
 from unsamflow.pipeline.store import MaskStore
 from unsamflow.pipeline.store.codec import tight_box
 
-from benchmarks.replay_segmenter import REPLAY_FACTORY, build_cache, to_uncompressed_rle
+from benchmarks.replay_segmenter import REPLAY_FACTORY, build_cache
 
 
 def test_run_length_crop_equals_decoding_the_whole_frame():
@@ -35,7 +35,7 @@ def test_run_length_crop_equals_decoding_the_whole_frame():
             mask[:] = False
             y, x = rng.integers(0, h), rng.integers(0, w)
             mask[y : y + rng.integers(1, 4), x : x + rng.integers(1, 4)] = True
-        rle = to_uncompressed_rle(mask)
+        rle = rle_encode(mask)
         full = rle_decode(rle)
         box, crop = rle_crop(rle)
         y, x, bh, bw = tight_box(full)
@@ -181,7 +181,7 @@ def test_all_masks_of_a_frame_crop_at_once_as_one_by_one():
             y, x = rng.integers(0, H), rng.integers(0, W)
             m[y : y + rng.integers(1, H), x : x + rng.integers(1, W)] = rng.random() < 0.5 or k % 3 == 0
             m &= rng.random((H, W)) < 0.9
-        segs.append(to_uncompressed_rle(m))
+        segs.append(rle_encode(m))
         full.append(m)
     as_arrays = [{**seg, "counts": np.asarray(seg["counts"], np.int32)} for seg in segs]  # plug-ins' form
     for batch, runs, given in ((masks_module.RLE_BATCH_BYTES, masks_module.RLE_BATCH_RUNS, segs),
@@ -359,7 +359,7 @@ def test_the_budget_counts_every_batch_of_run_length_masks(monkeypatch):
     for k in range(6):
         m = np.zeros((H, W), bool)
         m[k : k + 5, k : k + 10] = True  # 50-byte crops
-        segs.append({"segmentation": to_uncompressed_rle(m)})
+        segs.append({"segmentation": rle_encode(m)})
     fixed = masks_module.frame_fixed_bytes((H, W))
     for runs in (10**9, 3):  # one batch, or a batch per mask
         monkeypatch.setattr(masks_module, "RLE_BATCH_RUNS", runs)

@@ -47,6 +47,16 @@ def tight_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
+def runs_of(flat: np.ndarray) -> np.ndarray:
+    """Run lengths of a 1-D bool array, alternating 0-runs and 1-runs, starting with a 0-run (of length 0
+    when the first value is set): the form of this store's masks and of SAM/COCO uncompressed RLE."""
+    if flat.size == 0:
+        return np.zeros(0, np.int64)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], change, [flat.size]]))
+    return np.concatenate([[0], runs]) if flat[0] else runs
+
+
 def encode_mask(
     mask: np.ndarray, box: tuple[int, int, int, int] | None = None
 ) -> tuple[tuple[int, int, int, int], np.ndarray]:
@@ -60,12 +70,7 @@ def encode_mask(
     y, x, h, w = box = tight_box(mask) if box is None else tuple(int(v) for v in box)
     if h == 0:
         return box, np.zeros(0, RUN_DTYPE)
-    flat = mask[y : y + h, x : x + w].ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate([[0], change, [flat.size]]))
-    if flat[0]:  # the first run counts zeros
-        runs = np.concatenate([[0], runs])
-    return box, runs.astype(RUN_DTYPE)
+    return box, runs_of(mask[y : y + h, x : x + w].ravel()).astype(RUN_DTYPE)
 
 
 def decode_mask(shape: tuple[int, int], box, runs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
