@@ -94,17 +94,21 @@ def test_forward_only_matches_the_joint_pass(models, real_pair, kind):
         torch.testing.assert_close(f, g, atol=1e-4, rtol=1e-4)
 
 
-def test_mask_features_use_regions_not_label_values(models, real_pair):
+def test_mask_features_use_regions_not_label_values(real_pair):
+    # He-normal weights: with PyTorch's default initialisation the untrained flows are so small (a few px)
+    # that other regions change them by only ~1e-5 px, too close to float32 noise to tell apart.
+    torch.manual_seed(0)
+    model = PWCLite(mask_features=True, init="kaiming").eval()
     size = real_pair[0].shape[-2:]
     seg1, seg2 = _segs(1, *size)
     with torch.no_grad():
-        out = models["mf"](*real_pair, seg1, seg2)["flows_fw"][0]
+        out = model(*real_pair, seg1, seg2)["flows_fw"][0]
         # Renaming the labels (any injective map) must not change anything ...
-        renamed = models["mf"](*real_pair, (seg1 * 3) % 1_000_033 - 2**40, seg2 + 2**50)["flows_fw"][0]
+        renamed = model(*real_pair, (seg1 * 3) % 1_000_033 - 2**40, seg2 + 2**50)["flows_fw"][0]
         # ... but other regions must.
-        other = models["mf"](*real_pair, *_segs(1, *size, seed=5))["flows_fw"][0]
-    torch.testing.assert_close(out, renamed, atol=1e-5, rtol=1e-5)
-    assert (out - other).abs().max() > 1e-3
+        other = model(*real_pair, *_segs(1, *size, seed=5))["flows_fw"][0]
+    torch.testing.assert_close(out, renamed, atol=1e-4, rtol=1e-5)
+    assert (out - other).abs().max() > 1e-2, float((out - other).abs().max())
 
 
 @pytest.mark.parametrize("kind", ["base", "mf"])

@@ -88,6 +88,9 @@ class ModelConfig(Section):
     mask_features: bool = False  # the mask feature module (+mf)
     search_range: int = field(4, check=within(1, 8))
     num_levels: int = field(5, check=within(1, MAX_LEVELS))
+    # "pytorch": PyTorch's default initialisation, what the reference effectively trains from (see PWCLite);
+    # "kaiming": ARFlow's He-normal weights (untrained flows ~20x larger).
+    init: Literal["pytorch", "kaiming"] = "pytorch"
 
 
 @dataclass(frozen=True)

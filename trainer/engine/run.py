@@ -218,7 +218,7 @@ def build_trainer(p: Prepared, with_hooks: bool = True) -> Trainer:
 
     cfg, dist, device, ck = p.cfg, p.dist, p.device, p.checkpoint
     seed_everything(cfg.seed, dist.rank)
-    model = PWCLite(**model_args(cfg)).to(device)
+    model = PWCLite(**model_args(cfg), init=cfg.model.init).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimizer(cfg, model)

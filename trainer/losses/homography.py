@@ -21,7 +21,13 @@ RANSAC_THRESH = {"sintel": 3.0, "kitti": 0.5}
 def select_regions(
     seg: torch.Tensor, occ: torch.Tensor, num_regions: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The num_regions labels (> 0) per image with the most occluded pixels (ties: larger region).
+    """The num_regions labels (> 0) per image with the most occluded pixels, in the reference's order.
+
+    As the reference (facebookresearch/UnSAMFlow, losses/loss_blocks.py smooth_homography): the
+    candidates of an image are the ids 1..max label of that image, present or not; they are ordered by
+    occluded count, descending, ties by ascending id (what torch's CPU argsort(descending=True) gives
+    there), and the first num_regions are taken. An id without pixels can take a slot; it is then never
+    fitted (fewer than min_visible visible pixels), as in the reference.
 
     seg: (B, N) int64 labels in [0, N) (others are ignored, like label 0); occ: (B, N) bool.
     Returns slot (B, N) in [0, num_regions] (num_regions = not selected), valid (B, num_regions)
@@ -40,9 +46,11 @@ def select_regions(
         zeros.clone().index_add_(0, flat, m.reshape(-1).to(f64)).reshape(b, n)
         for m in (inrange, occ & inrange)
     )
-    score = nocc + area / (n + 1.0)  # area < n + 1: only breaks ties between equal occluded counts
-    score[:, 0] = -1.0
-    score = torch.where(area > 0, score, torch.full_like(score, -1.0))
+    ids = torch.arange(n, device=seg.device)
+    top_label = lab.amax(1, keepdim=True)  # each image's own max label: its candidates are 1..that
+    # (n - id) / (n + 1) is in (0, 1) and falls with id: it orders equal counts by ascending id only
+    score = nocc + (n - ids).to(f64) / (n + 1.0)
+    score = torch.where((ids > 0) & (ids <= top_label), score, torch.full_like(score, -1.0))
     k = min(num_regions, n)
     top, labels = score.topk(k, dim=1)
     valid = top >= 0
@@ -139,16 +147,14 @@ def homography_loss_reference(
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     total = 0.0
     for i in range(b):
-        labels, area = np.unique(seg[i], return_counts=True)
-        nocc = np.array([(occ[i] & (seg[i] == lab)).sum() for lab in labels])
-        keep = labels > 0
-        labels, area, nocc = labels[keep], area[keep], nocc[keep]
-        order = sorted(range(len(labels)), key=lambda j: (-nocc[j], -area[j]))[:num_regions]
-        for j in order:
-            m = seg[i] == labels[j]
+        # the reference's candidates and order: ids 1..max, most occluded pixels first, ties by id
+        counts = np.bincount(seg[i][occ[i].astype(bool)].ravel(), minlength=int(seg[i].max()) + 1)
+        order = sorted(range(1, len(counts)), key=lambda lab: (-counts[lab], lab))[:num_regions]
+        for lab in order:
+            m = seg[i] == lab
             vis = m & ~occ[i]
             nvis = int(vis.sum())
-            if nvis < min_visible or nvis < min_visible_frac * area[j]:
+            if nvis < min_visible or nvis < min_visible_frac * m.sum():
                 continue
             src = np.stack((xs[vis], ys[vis]), -1)
             dst = src + np.stack((flow[i, 0][vis], flow[i, 1][vis]), -1)

@@ -1,9 +1,9 @@
 """Mask feature module (+mf of UnSAMFlow): features pooled over full-segmentation regions.
 
 At each decoder level a 1x1 conv projects the pyramid features to 32 channels; within each region of the
-full segmentation (nearest-downsampled to the level) the channel-wise maximum over the region's pixels is
-broadcast back to the region, and a shared 1x1 conv aggregates [projection, region max] ("concat"). The
-decoder correlates these mask-aware features of frame 1 with those of warped frame 2 as a second cost volume.
+full segmentation (nearest-downsampled to the level) the channel-wise maximum over the region's pixels,
+floored at 0 as the reference's one-hot pooling does, is broadcast back to the region, and a shared 1x1
+conv aggregates [projection, region max] ("concat"). The decoder correlates these mask-aware features of frame 1 with those of warped frame 2 as a second cost volume.
 
 Region pooling is one ``scatter_reduce('amax')`` over ids that number the (image, label) pairs 0..G-1 for
 the whole batch, so it costs the same for 2 regions or 2,000, and labels may be any integers (a store's
@@ -77,5 +77,7 @@ class MaskFeatures(nn.Module):
     def forward(self, feat: torch.Tensor, labels: torch.Tensor, level: int) -> torch.Tensor:
         """feat (N, C_level, h, w), labels (N, H, W) at any resolution -> (N, 32, h, w)."""
         x = self.project[level](feat)
-        pooled = region_max(x, downsample_labels(labels, x.shape[-2:]))
+        # The reference pools with amax over one-hot products, which is max(0, region max): a region whose
+        # maximum is negative gives 0 and no gradient. Kept for parity (it produced the published numbers).
+        pooled = region_max(x, downsample_labels(labels, x.shape[-2:])).clamp_min(0.0)
         return self.aggregate(torch.cat((x, pooled), 1))

@@ -23,6 +23,7 @@ from unsamflow.trainer.model.upsample import ConvexUpsampler
 from unsamflow.trainer.warp import flow_warp
 
 SIZE_MULTIPLE = 64  # the coarsest pyramid level is 1/64
+INITS = ("pytorch", "kaiming")
 
 
 class PWCLite(nn.Module):
@@ -33,10 +34,19 @@ class PWCLite(nn.Module):
         search_range: cost-volume radius r ((2r+1)^2 channels); ARFlow uses 4.
         num_levels: decoder levels, coarse to fine from 1/64; 5 ends at 1/4, the published setting.
         corr_tile: pixels per GEMM run in the correlation (speed only; see correlation.py).
+        init: "pytorch" (default) leaves PyTorch's default initialisation, which is what the reference
+            trains from (its init_weights() iterates named_modules() tuples and changes nothing); its
+            untrained flows are a few px. "kaiming" is ARFlow's intended He-normal weights with zero biases
+            (untrained flows of ~100 px and more), kept to reproduce ARFlow-style runs.
     """
 
     def __init__(
-        self, mask_features: bool = False, search_range: int = 4, num_levels: int = 5, corr_tile: int = 16
+        self,
+        mask_features: bool = False,
+        search_range: int = 4,
+        num_levels: int = 5,
+        corr_tile: int = 16,
+        init: str = "pytorch",
     ):
         super().__init__()
         if not 1 <= num_levels <= len(PYRAMID_CHANNELS) - 1:
@@ -56,10 +66,12 @@ class PWCLite(nn.Module):
         self.estimator = FlowEstimatorReduced(c_in)
         self.context = ContextNetwork(self.estimator.feat_channels + 2)
         self.upsampler = ConvexUpsampler(self.context.feat_channels, scale=4)
-        self._init_weights()
+        if init not in INITS:
+            raise BadInputError(f"PWCLite: init must be one of {', '.join(INITS)}, got {init!r}")
+        if init == "kaiming":
+            self._init_kaiming()
 
-    def _init_weights(self) -> None:
-        # ARFlow's initialisation: He-normal weights, zero biases.
+    def _init_kaiming(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
@@ -153,4 +165,5 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 def _warper(flow: torch.Tensor):
-    return lambda x: flow_warp(x, flow)
+    # Border padding, as the reference's decoder warps (its flow_warp default); the losses warp with zeros.
+    return lambda x: flow_warp(x, flow, padding_mode="border")

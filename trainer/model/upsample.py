@@ -15,7 +15,8 @@ class ConvexUpsampler(nn.Module):
     def __init__(self, c_in: int = 96, scale: int = 4):
         super().__init__()
         self.scale = scale
-        self.mask = nn.Sequential(conv(c_in, 128), conv(128, scale * scale * 9, relu=False))
+        # The reference ends the logits with LeakyReLU(0.1) too (its conv() default); kept for parity.
+        self.mask = nn.Sequential(conv(c_in, 128), conv(128, scale * scale * 9))
 
     def forward(self, flow: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
         b, _, h, w = flow.shape
