@@ -200,11 +200,30 @@ def _torch_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+# Memory kept outside the local workers' limits: the client (manifest, progress, its own numpy), the
+# scheduler and the system. Dask's default ("auto") gives each worker total x its share of the cores, so
+# two single-threaded workers on a 2-core, 23 GiB machine got 11.8 GiB each: all of it, nothing left
+# for the client, and a frame's budget (half a worker's limit) was sized on memory that was not there.
+RESERVED_SHARE = 0.2
+RESERVED_MIN = 1 << 30
+
+
+def worker_memory_limit(workers: int, total: int | None = None) -> int:
+    """Bytes each of `workers` local workers may use: the machine's memory less the reserve, shared."""
+    if total is None:
+        import psutil
+
+        total = psutil.virtual_memory().total
+    reserve = max(RESERVED_MIN, int(total * RESERVED_SHARE))
+    return max(1 << 28, (total - reserve) // max(1, workers))
+
+
 def local_worker_specs(cfg: ClusterConfig, security=None) -> dict[str, dict]:
     """Nanny specs for the local cluster: one per GPU (pinned), else N CPU workers.
 
     Every nanny and its worker listen on loopback only (see the module docstring); with TLS, both
-    speak tls:// with the given Security.
+    speak tls:// with the given Security. Their memory limits together leave RESERVED_SHARE of the
+    machine to the client and the scheduler (worker_memory_limit).
     """
     from distributed import Nanny
 
@@ -214,13 +233,14 @@ def local_worker_specs(cfg: ClusterConfig, security=None) -> dict[str, dict]:
     if gpus:
         if cfg.workers:
             gpus = gpus[: cfg.workers]
+        limit = worker_memory_limit(len(gpus))
         for dev in gpus:
             # CUDA reads CUDA_VISIBLE_DEVICES at its first use, so the per-worker env is early enough.
             env = {"CUDA_VISIBLE_DEVICES": str(dev), "UNSAMFLOW_DEVICE": "cuda:0"}
             specs[f"gpu{dev}"] = {
                 "cls": Nanny,
                 "options": {"nthreads": GPU_WORKER_THREADS, "env": env, "resources": {"GPU": 1},
-                            "name": f"gpu{dev}",
+                            "name": f"gpu{dev}", "memory_limit": limit,
                             "preload": [WORKER_PRELOAD],
                             "silence_logs": logging.WARNING, **net},
             }
@@ -228,10 +248,12 @@ def local_worker_specs(cfg: ClusterConfig, security=None) -> dict[str, dict]:
     n = cfg.workers or max(1, min(os.cpu_count() or 1, 4))
     threads = str(max(1, cfg.threads_per_worker))
     env = {"UNSAMFLOW_DEVICE": "cpu", "UNSAMFLOW_TORCH_THREADS": threads}
+    limit = worker_memory_limit(n)
     for i in range(n):
         specs[f"cpu{i}"] = {
             "cls": Nanny,
             "options": {"nthreads": cfg.threads_per_worker, "env": env, "name": f"cpu{i}",
+                        "memory_limit": limit,
                         "preload": [WORKER_PRELOAD],
                         "silence_logs": logging.WARNING, **net},
         }

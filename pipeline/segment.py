@@ -108,8 +108,10 @@ def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | 
     """The segmenter's records of one frame (run-length masks where it offers them), or BadFrameError
     when the frame cannot fit.
 
-    A segmenter may say what a frame will cost it (`peak_bytes(shape)`, e.g. SAM's full-resolution
-    mask logits): a frame over the budget is then refused before the call that would kill the worker.
+    A segmenter says what a frame will cost it (`peak_bytes(shape)`: SAM's full-resolution mask logits,
+    `graph`'s label maps and one mask): a frame whose peak, with the frame itself, is over the budget is
+    refused before the call that would kill the worker. A plug-in without `peak_bytes` is checked only
+    on its output (CropMasks), after the call.
     Only the segmenter runs here; turning its records into masks is `frame_masks`, on another thread.
     A segmenter that is not `thread_safe` is called by one thread of the worker at a time (_CALL_LOCK);
     `timings` gets the seconds waited for it ("wait") and spent in it ("segment").
@@ -118,11 +120,12 @@ def segment_frame(seg: Segmenter, rgb: np.ndarray, frame_id: str, budget: int | 
 
     shape = rgb.shape[:2]
     peak = getattr(seg, "peak_bytes", None)
-    if budget is not None and callable(peak) and peak(shape) > budget:
+    need = int(peak(shape)) + rgb.nbytes if callable(peak) else 0  # its peak while the frame is held
+    if budget is not None and need > budget:
         raise BadFrameError(
-            frame_id, f"out of memory budget: segmenter {spec.name!r} needs about {fmt_bytes(peak(shape))} "
+            frame_id, f"out of memory budget: segmenter {spec.name!r} needs about {fmt_bytes(need)} "
             f"for a {shape[0]}x{shape[1]} (HxW) frame, over the per-frame budget of {fmt_bytes(budget)} "
-            "(--frame-memory); raise it or lower the segmenter's batch size")
+            "(--frame-memory); raise it, or lower the segmenter's batch size or working resolution")
     call = getattr(seg, "segment_compact", seg)  # run-length masks where the segmenter offers them
     lock = contextlib.nullcontext() if getattr(seg, "thread_safe", False) else _CALL_LOCK
     t0 = time.perf_counter()

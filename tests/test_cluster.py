@@ -39,9 +39,16 @@ def test_local_cpu_workers_limit_math_threads_and_tune_malloc_before_start():
         client.wait_for_workers(2)
         # glibc only honours these when they are in the environment at process start
         seen = client.run(_start_environment)
+        limits = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
     for env in seen.values():
         assert b"OMP_NUM_THREADS=2" in env
         assert f"MALLOC_TRIM_THRESHOLD_={MALLOC_ENV['MALLOC_TRIM_THRESHOLD_']}".encode() in env
+    # The workers' limits leave room for the client and the scheduler (Dask's default gave two
+    # single-threaded workers on 2 cores all of the machine's memory, 11.8 GiB each of 23 GiB).
+    import psutil
+
+    total = psutil.virtual_memory().total
+    assert len(limits) == 2 and sum(limits.values()) <= total - max(1 << 30, total // 5), limits
 
 
 def test_unreachable_scheduler_is_a_clear_error():

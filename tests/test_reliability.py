@@ -187,6 +187,55 @@ def test_many_masks_are_processed_within_the_budget_without_stacking(tmp_path):
         assert (fm.area == 100).all()
 
 
+def test_graph_frame_over_the_budget_is_refused_before_segmenting_it(tmp_path):
+    """`graph` declares its peak (peak_bytes): a 2000x2000 frame over a 64 MiB budget is bad before the
+    segmenter runs, the small frames around it are written, and Python's peak allocation stays under the
+    budget. Before: the budget was applied to the crops after the call, whose full-frame masks had
+    already taken N x H x W bytes (10 GB for a 4000x4000 frame)."""
+    root = tmp_path / "data"
+    ids = frames(root, [(60, 80), (2000, 2000), (60, 80)])
+    shard = one_shard(root, ids, tmp_path / "shards")
+    spec = SegmenterSpec("graph", {})
+    budget = 64 << 20
+    warm = one_shard(root, frames(root, [(6, 8)], "warm"), tmp_path / "warm")  # imports not counted
+    segment_shard(str(warm), str(tmp_path / "warm.h5"), spec, DeriveConfig().to_dict(), budget)
+    tracemalloc.start()
+    try:
+        stats = segment_shard(str(shard), str(tmp_path / "st.h5"), spec, DeriveConfig().to_dict(), budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stats["frames"] == 2 and list(stats["bad"]) == [ids[1]], stats
+    reason = stats["bad"][ids[1]]
+    assert "segmenter 'graph' needs about" in reason and "2000x2000 (HxW)" in reason, reason
+    assert "64.0 MiB" in reason and "--frame-memory" in reason
+    assert peak < budget, f"peak {peak / 2**20:.1f} MiB over the {budget / 2**20:.0f} MiB budget"
+
+
+def test_graph_run_lengths_equal_its_masks_and_its_peak_is_within_its_estimate(shipped_data):
+    """`graph` makes one mask at a time from its box (segment_compact); the records equal the bool masks
+    of __call__, and the measured peak of a real KITTI frame stays under peak_bytes."""
+    from unsamflow.pipeline.images import read_rgb
+    from unsamflow.pipeline.masks import rle_decode
+    from unsamflow.pipeline.segmenters.graph import GraphSegmenter
+
+    path = sorted((shipped_data / "kitti2015").rglob("image_2/*_10.png"))[0]
+    rgb = read_rgb(path, "f")[0]
+    seg = GraphSegmenter()
+    full = seg(rgb)
+    tracemalloc.start()
+    try:
+        compact = seg.segment_compact(rgb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(full) == len(compact) > 10
+    for a, b in zip(full, compact, strict=True):
+        assert np.array_equal(a["segmentation"], rle_decode(b["segmentation"]))
+        assert int(a["segmentation"].sum()) == a["area"] == b["area"] and a["bbox"] == b["bbox"]
+    assert peak < seg.peak_bytes(rgb.shape[:2]), (peak, seg.peak_bytes(rgb.shape[:2]))
+
+
 def test_a_frame_that_fails_in_the_segmenter_is_bad_alone(tmp_path):
     root = tmp_path / "data"
     ids = frames(root, [(20, 30), (20, 40), (20, 30)])

@@ -37,6 +37,12 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import felzenszwalb
 from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.masks import rle_decode
+from unsamflow.pipeline.store.codec import runs_of
+
+# Bytes per working-image pixel at the peak of Felzenszwalb + the hierarchy (measured with tracemalloc:
+# up to 372 on real frames of 133k working pixels), with a margin.
+WORKING_BYTES_PER_PIXEL = 512
 
 # Bump when a change of this file changes the masks for the same config.
 ALGORITHM_VERSION = 1
@@ -105,7 +111,33 @@ class GraphSegmenter:
             "min_area": self.min_area,
         }
 
+    def peak_bytes(self, shape: tuple[int, int]) -> int:
+        """An upper bound of the memory a frame of `shape` (H, W) takes in `segment_compact`, checked
+        against the frame budget before the call. Per pixel: one mask's crop, its column strip and the
+        strip's change flags (1 + 1 + 1), and the change positions (8 per change, at most one per pixel
+        in a column of the upsampled label map, bounded below). Plus the run lengths of all masks: a
+        column of a level's upsampled label map changes at most h - 1 times (h: the working height),
+        so a level's masks hold at most 2 W h + 1 runs per mask (uint32). The working image (at most
+        max_side^2 pixels) costs WORKING_BYTES_PER_PIXEL."""
+        H, W = int(shape[0]), int(shape[1])
+        h, w = _working_shape(H, W, self.max_side)
+        strips = 3 * H * W + 8 * W * min(H, h + 1)
+        runs = 4 * len(self.scales) * (2 * W * h + 1) * 2
+        work = WORKING_BYTES_PER_PIXEL * h * w
+        return strips + runs + work
+
     def __call__(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """The records with full-frame bool masks (the Segmenter contract); see segment_compact."""
+        records = self.segment_compact(image)
+        for rec in records:
+            rec["segmentation"] = rle_decode(rec["segmentation"])
+        return records
+
+    def segment_compact(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """The records with each mask as segment-anything's uncompressed RLE (column-major, zeros first,
+        counts a uint32 array). Everything is computed on the working image and each mask is made alone
+        from its box, so a frame costs one mask and the run lengths (peak_bytes), never N x H x W: full
+        masks of a 4000x4000 frame took 10 GB."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise BadInputError(
                 f"graph segmenter: expected an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}"
@@ -116,11 +148,12 @@ class GraphSegmenter:
         # Nearest upsampling by explicit index maps: full-res pixel X reads working pixel X * w // W.
         rows = np.arange(H) * h // H
         cols = np.arange(W) * w // W
+        # Full-resolution pixels per working pixel: exact full-res areas without a full-res label map.
+        weight = np.outer(np.bincount(rows, minlength=h), np.bincount(cols, minlength=w)).ravel()
 
         levels = self._hierarchy(small)
-        full = [lab[rows][:, cols] for lab, _, _ in levels]
-        # Exact full-resolution areas; every working pixel maps to at least one full-res pixel, so all > 0.
-        areas = [np.bincount(f.ravel(), minlength=len(lv[2])) for f, lv in zip(full, levels, strict=True)]
+        areas = [np.bincount(lab.ravel(), weights=weight, minlength=len(fit)).astype(np.int64)
+                 for lab, _, fit in levels]
 
         records: list[dict[str, Any]] = []
         for k, (lab, parent, fit_iou) in enumerate(levels):
@@ -134,16 +167,19 @@ class GraphSegmenter:
             if len(ids) == 0:
                 continue
             points = _inner_points(lab)
-            boxes = ndimage.find_objects(full[k] + 1)
-            masks = full[k][None] == ids[:, None, None]
-            for mask, r in zip(masks, ids, strict=True):
+            boxes = ndimage.find_objects(lab + 1)
+            for r in ids:
                 ys, xs = boxes[r]
+                # The working box's full-resolution rows and columns (rows/cols are non-decreasing).
+                y0, y1 = np.searchsorted(rows, [ys.start, ys.stop])
+                x0, x1 = np.searchsorted(cols, [xs.start, xs.stop])
+                crop = (lab[ys, xs] == r)[rows[y0:y1] - ys.start][:, cols[x0:x1] - xs.start]
                 py, px = points[r]
                 records.append(
                     {
-                        "segmentation": mask,
+                        "segmentation": _rle_of_crop(crop, int(y0), int(x0), H, W),
                         "area": int(areas[k][r]),
-                        "bbox": [xs.start, ys.start, xs.stop - 1 - xs.start, ys.stop - 1 - ys.start],
+                        "bbox": [int(x0), int(y0), int(x1) - 1 - int(x0), int(y1) - 1 - int(y0)],
                         "predicted_iou": float(fit_iou[r]),
                         "stability_score": float(stability[r]),
                         # First full-res pixel mapping to the working pixel: inside the upsampled mask.
@@ -180,12 +216,37 @@ class GraphSegmenter:
         return [(lab, parent, fit) for lab, parent, fit in out]
 
 
+def _rle_of_crop(crop: np.ndarray, y0: int, x0: int, H: int, W: int) -> dict:
+    """Uncompressed RLE (column-major, zeros first) of an (H, W) mask that is `crop` at (y0, x0) and
+    empty elsewhere; only the crop's columns are ever made."""
+    h, w = crop.shape
+    strip = np.zeros((w, H), bool)  # the crop's columns at full height, column-major
+    strip[:, y0 : y0 + h] = crop.T
+    runs = runs_of(strip.ravel()).astype(np.uint32)
+    del strip
+    runs[0] += H * x0  # the empty columns left of the box join the first 0-run
+    after = H * (W - x0 - w)
+    if len(runs) % 2:  # ends with a 0-run: the columns right of the box join it
+        runs[-1] += after
+    elif after:
+        runs = np.append(runs, np.uint32(after))
+    return {"size": [H, W], "counts": runs}
+
+
+def _working_shape(H: int, W: int, max_side: int) -> tuple[int, int]:
+    """(h, w) of the working image: the frame downscaled so that its longer side is at most max_side."""
+    if max(H, W) <= max_side:
+        return H, W
+    s = max_side / max(H, W)
+    return max(1, round(H * s)), max(1, round(W * s))
+
+
 def _downscale(image: np.ndarray, max_side: int) -> np.ndarray:
     H, W = image.shape[:2]
-    if max(H, W) <= max_side:
+    h, w = _working_shape(H, W, max_side)
+    if (h, w) == (H, W):
         return image
-    s = max_side / max(H, W)
-    return cv2.resize(image, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
 
 
 def _inner_points(labels: np.ndarray) -> np.ndarray:
