@@ -6,7 +6,7 @@ import click
 from unsamflow.pipeline.errors import ReportingGroup
 
 # `--help` lists the commands in the order a job uses them, not alphabetically.
-PIPELINE_ORDER = ("manifest", "shard", "segment", "derive", "index", "verify", "show", "run", "import",
+PIPELINE_ORDER = ("manifest", "shard", "segment", "derive", "track", "index", "verify", "show", "run", "import",
                   "export", "inspect", "segmenters", "synth", "show-flow")
 
 
@@ -57,5 +57,7 @@ from unsamflow.pipeline.commands.show_flow import show_flow  # noqa: E402, I001
 main.add_command(show_flow)
 from unsamflow.pipeline.commands.synth import synth  # noqa: E402, I001
 main.add_command(synth)
+from unsamflow.pipeline.commands.track import track  # noqa: E402, I001
+main.add_command(track)
 from unsamflow.pipeline.commands.verify import verify  # noqa: E402, I001
 main.add_command(verify)

@@ -237,6 +237,9 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
         ref[1].close()
     counts["bad"] = len(bad)
     problems.extend(index_problems(store_dir, located, bad, sidecars, set(bad_shards)))
+    from unsamflow.pipeline.track import track_problems  # track ids, where stores have them
+
+    problems.extend(track_problems([p for p in files if p.name not in bad_shards], manifest))
 
     wanted = set(manifest.frame_ids)
     for fid in manifest.frame_ids:

@@ -12,6 +12,7 @@ per-row offsets, so one frame is one slice of each dataset:
     derived/ seg_start, seg_itemsize, key_start, key_count                  one row per good frame
     derived/full_seg (flat bytes, per-frame smallest uint), derived/key_objects (flat int64)
     bad/     id, reason                                                      frames that could not be used
+    tracks/  mask_track, key_track (optional; version 2, see store.tracks)   object ids through a sequence
 
 Every dataset has a `description` attribute (DESCRIPTIONS: meaning, axis order, units) and the root one
 (STORE_DESCRIPTION), so a store reads without this code; `pipeline inspect STORE` prints them.
@@ -42,7 +43,8 @@ import numpy as np
 from unsamflow.pipeline.store import codec
 
 FORMAT_NAME = "unsamflow-masks"
-FORMAT_VERSION = 1
+# 2: the optional tracks/ group (store.tracks). Version-1 stores read as before (no tracks).
+FORMAT_VERSION = 2
 BYTES_CHUNK = 1 << 16  # bulk datasets: a frame spans a few chunks, its neighbours share at most two
 ROWS_CHUNK = 1024  # per-mask / per-frame metadata
 # Filters of every dataset (transparent to readers: stores written with plain gzip-4 before read the same).
@@ -122,6 +124,11 @@ DESCRIPTIONS = {
                            "derive_config gives the thresholds).",
     "bad/id": "frame id that could not be used (it has no row in frames/*).",
     "bad/reason": "why that frame could not be used.",
+    "tracks/mask_track": "track id of each mask (row for row with masks/*): sequence number (in the manifest) "
+                         "* 2**32 + the track's number within that sequence; the same id in two frames is "
+                         "the same object. Group attribute `config` (JSON) says how they were made.",
+    "tracks/key_track": "track id of each key object (row for row with derived/key_objects): the track of "
+                        "that key object's mask.",
 }
 
 

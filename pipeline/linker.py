@@ -1,0 +1,177 @@
+"""Linking one sequence's masks into tracks: propagate, match by IoU, survive short gaps.
+
+For each frame t+1 of a sequence, every live track has an estimate of its object's pixels in the frame
+of the last image seen (its mask where it was last matched, or that mask carried along since). The
+estimates are carried to frame t+1 by a backward flow (frame t+1 -> the last image: pixel p of t+1 takes
+the estimate's value at p + flow(p), rounded), then matched one-to-one to frame t+1's masks by IoU with
+an optimal assignment (scipy's `linear_sum_assignment`, Hungarian); a pair below `min_iou` is no match.
+A matched track takes the new mask as its estimate; an unmatched one keeps its carried estimate and ends
+after more than `gap` frames in a row without a match (so gap 0: a track ends at its first miss); an
+unmatched mask starts a new track. The "iou" linker is the same with zero flow (IoU at the same place).
+
+Estimates and masks are sparse rows over the frame's pixels, so carrying K estimates is one sparse
+gather and the K x N intersections one sparse product: the cost is the masks' pixels, not K x N x H x W.
+Bad frames (no masks, no image) count as frames in which every track misses. Everything is
+deterministic: the same masks and flow give the same track numbers (new tracks numbered in frame order,
+then mask order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import linear_sum_assignment
+from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.masks import CropMasks
+
+LINKERS = ("flow", "iou", "sam2")
+# A flow: (image at t+1, image where the estimates are) -> (H, W, 2) float displacement of t+1's pixels.
+FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """How tracks are made (stored with them, so a store says how its tracks came about).
+
+    linker: "flow" (estimates carried by optical flow), "iou" (no flow: IoU at the same place) or
+    "sam2" (SAM 2's video predictor carries them, see pipeline.sam2_linker); flow: the flow of the
+    "flow" linker ("dis": OpenCV DIS, medium preset, or a plug-in `module:factory`); gap: frames a track
+    may go unmatched and still continue; min_iou: the least IoU that counts as a match.
+    """
+
+    linker: str = "flow"
+    flow: str = "dis"
+    gap: int = 1
+    min_iou: float = 0.3
+    options: dict | None = None  # the flow's or linker's own options (e.g. sam2's checkpoint)
+
+    def __post_init__(self) -> None:
+        if self.linker not in LINKERS:
+            raise BadInputError(f"--linker must be one of {', '.join(LINKERS)}, got {self.linker!r}")
+        if self.gap < 0:
+            raise BadInputError(f"--gap must be >= 0 (frames a track may be unmatched), got {self.gap}")
+        if not 0.0 < self.min_iou <= 1.0:
+            raise BadInputError(f"--min-iou must be in (0, 1], got {self.min_iou}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["options"] = dict(self.options or {})
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrackConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInputError(f"track config: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+
+def pixel_rows(masks: CropMasks) -> sp.csr_matrix:
+    """(N, H*W) bool CSR: row i holds the flat pixel indices of mask i."""
+    H, W = masks.shape
+    indices, counts = [], []
+    for (y, x, _, _), crop in zip(np.asarray(masks.boxes, np.int64).reshape(-1, 4), masks.crops, strict=True):
+        ys, xs = np.nonzero(crop)
+        indices.append((ys + y) * W + (xs + x))
+        counts.append(len(ys))
+    idx = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    return sp.csr_matrix((np.ones(len(idx), bool), idx, indptr), shape=(len(counts), H * W))
+
+
+def source_pixels(flow: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """Flat index, per pixel p of the new frame, of the pixel p + flow(p) (rounded, clipped to the frame)
+    in the frame the estimates live in; None for no flow (the identity)."""
+    if flow is None:
+        return None
+    H, W = shape
+    flow = np.asarray(flow, np.float32)
+    if flow.shape != (H, W, 2):
+        raise BadInputError(f"flow of shape {flow.shape} for a frame of {H}x{W} (expected ({H}, {W}, 2))")
+    ys, xs = np.mgrid[0:H, 0:W]
+    sx = np.clip(np.rint(xs + flow[..., 0]), 0, W - 1).astype(np.int64)
+    sy = np.clip(np.rint(ys + flow[..., 1]), 0, H - 1).astype(np.int64)
+    return (sy * W + sx).ravel()
+
+
+def match(estimates: sp.csr_matrix, masks: sp.csr_matrix, min_iou: float) -> list[tuple[int, int]]:
+    """Optimal one-to-one (estimate, mask) pairs by IoU, each with IoU >= min_iou, in estimate order."""
+    if estimates.shape[0] == 0 or masks.shape[0] == 0:
+        return []
+    inter = (estimates.astype(np.int32) @ masks.astype(np.int32).T).toarray().astype(np.float64)
+    a = np.asarray(estimates.getnnz(axis=1), np.float64)[:, None]
+    b = np.asarray(masks.getnnz(axis=1), np.float64)[None, :]
+    union = a + b - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    rows, cols = linear_sum_assignment(-iou)
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= min_iou]
+
+
+def link_sequence(
+    frames: Iterable[tuple[CropMasks | None, np.ndarray | None]],
+    flow: FlowFn | None,
+    cfg: TrackConfig,
+) -> list[np.ndarray]:
+    """Local track numbers (int64, 0..T-1) of each frame's masks, in order.
+
+    `frames` yields (masks, image) per frame in sequence order: masks None for a bad frame; the RGB image
+    is needed only with a `flow` (read lazily by the caller, so a long sequence never sits in memory).
+    `flow(new, old)` gives the displacement from new-frame pixels to the old frame; None links by IoU at
+    the same place.
+    """
+    out: list[np.ndarray] = []
+    est = None  # (K, H*W) CSR: live tracks' pixels in the frame of `ref`
+    ids = np.zeros(0, np.int64)  # track number of each estimate row
+    misses = np.zeros(0, np.int64)
+    ref: np.ndarray | None = None  # image the estimates are in
+    shape: tuple[int, int] | None = None
+    next_id = 0
+    for t, (masks, image) in enumerate(frames):
+        if masks is None:  # a bad frame: every live track misses it
+            out.append(np.zeros(0, np.int64))
+            misses = misses + 1
+            keep = misses <= cfg.gap
+            est, ids, misses = (est[np.flatnonzero(keep)] if est is not None else None), ids[keep], misses[keep]
+            continue
+        if shape is not None and tuple(masks.shape) != shape:
+            raise BadInputError(f"frame {t} of the sequence is {masks.shape[0]}x{masks.shape[1]}, the one "
+                                f"before {shape[0]}x{shape[1]}: a sequence's frames must have one size")
+        shape = tuple(masks.shape)
+        rows = pixel_rows(masks)
+        img = image if flow is not None else None
+        if est is not None and est.shape[0]:
+            src = source_pixels(flow(img, ref), shape) if (flow is not None and ref is not None) else None
+            carried = est[:, src] if src is not None else est
+            carried.eliminate_zeros()
+            pairs = match(carried, rows, cfg.min_iou)
+        else:
+            carried, pairs = est, []
+        track = np.full(len(masks), -1, np.int64)
+        matched_est = np.zeros(len(ids), bool)
+        for e, m in pairs:
+            track[m] = ids[e]
+            matched_est[e] = True
+        new = np.flatnonzero(track < 0)
+        track[new] = np.arange(next_id, next_id + len(new))
+        next_id += len(new)
+        out.append(track)
+        # Next estimates: matched and new tracks take their masks; the others keep what was carried,
+        # while they have missed at most `gap` frames and still cover a pixel.
+        miss = np.flatnonzero(~matched_est)
+        misses_left = misses[miss] + 1
+        alive = miss[(misses_left <= cfg.gap) & (np.asarray(carried[miss].getnnz(axis=1)) > 0)] \
+            if len(miss) else miss
+        order = np.argsort(track, kind="stable")  # masks in track-number order, for a stable layout
+        parts = [rows[order]]
+        if len(alive):
+            parts.append(carried[alive])
+        est = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
+        ids = np.concatenate([track[order], ids[alive]])
+        misses = np.concatenate([np.zeros(len(order), np.int64), misses[alive] + 1])
+        ref = img
+    return out
