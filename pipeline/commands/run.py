@@ -23,6 +23,7 @@ from unsamflow.pipeline.commands.options import (
 )
 from unsamflow.pipeline.commands.segment import exit_status, run_segment
 from unsamflow.pipeline.commands.show import render_frames
+from unsamflow.pipeline.commands.track import track_options
 from unsamflow.pipeline.errors import BadInputError
 from unsamflow.pipeline.lock import output_lock, sweep_temps
 from unsamflow.pipeline.manifest import Manifest
@@ -49,14 +50,18 @@ from unsamflow.pipeline.segmenters import check_spec
               "without a checksum file, made from other input); without it such a store is refused.")
 @click.option("--pictures", type=click.IntRange(min=0), default=3, show_default=True,
               help="Pictures of the first N frames.")
+@click.option("--track/--no-track", "do_track", default=True, show_default=True,
+              help="Link each sequence's masks into object tracks after segment (see `pipeline track`).")
 @segmenter_options
 @derive_options
+@track_options
 @cluster_options
 @quiet_option
 @json_option
 def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash,
-        repair, pictures, spec, derive_config, cluster, retries, quiet: bool, as_json: bool) -> None:
-    """manifest -> shard -> segment (+derive) -> index -> verify -> show, in OUT.
+        repair, pictures, spec, derive_config, do_track, track_config, cluster, retries, quiet: bool,
+        as_json: bool) -> None:
+    """manifest -> shard -> segment (+derive) -> track -> index -> verify -> show, in OUT.
 
     \b
     Example (KITTI 2015 multi-view with SAM ViT-H; or every option from a YAML file with --config):
@@ -72,7 +77,7 @@ def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_
             sweep_temps(folder)
         status = _run(layout, root, layout_opts, manifest_file, allow_partial, out, num_shards, skip_bad,
                       no_hash, pictures, spec, derive_config, cluster, retries, t0, repair, not quiet,
-                      summary_)
+                      summary_, track_config if do_track else None)
     if as_json:
         emit_json({**summary_, "exit_status": status})
     sys.exit(status)
@@ -80,7 +85,7 @@ def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_
 
 def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_shards, skip_bad, no_hash,
          pictures, spec, derive_config, cluster, retries, t0: float, repair: bool = False,
-         progress: bool = True, summary_: dict | None = None) -> int:
+         progress: bool = True, summary_: dict | None = None, track_config=None) -> int:
     """The stages in order; `summary_` (the --json object) is filled in as they finish."""
     from unsamflow.pipeline.layouts import check_expected, scan
     from unsamflow.pipeline.shard import write_shards
@@ -124,6 +129,14 @@ def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num
     stage("segment")
     click.echo(result.summary())
 
+    tracked = None
+    if track_config is not None and not result.failed:  # with failed shards frames are missing: no tracks
+        from unsamflow.pipeline.track import run_track
+
+        tracked = run_track(stores, manifest, track_config, cluster, retries, progress=progress)
+        stage("track")
+        click.echo(tracked.summary())
+
     index = build_index(stores, manifest=manifest)  # records the manifest's bad pairs for training
     stage("index")
     click.echo(f"[4/6] index: {len(index.frame_ids)} frames -> {stores / 'index.json'}")
@@ -143,7 +156,10 @@ def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num
     if summary_ is not None:
         summary_.update(manifest=str(manifest_path), frames=len(manifest.frames), shards=len(shard_paths),
                         segment=result.to_dict(), index=str(stores / "index.json"), verify=report.to_dict(),
-                        pictures=[str(p) for p in pics], stages_s=stages, wall_s=time.perf_counter() - t0)
+                        pictures=[str(p) for p in pics], stages_s=stages, wall_s=time.perf_counter() - t0,
+                        track=tracked.to_dict() if tracked else None)
+    if tracked is not None and tracked.failed:
+        status = status or 1
     return status or (0 if report.ok or (skip_bad and report.only_bad_frames) else 1)
 
 
