@@ -87,6 +87,17 @@ def check_frame(fm: FrameMasks) -> list[str]:
         out.append(f"{where}, mask {i}: stored area {fm.area[i]} != {sums[i]} decoded pixels")
     for i in np.flatnonzero(~bboxes_consistent(fm.bbox, tight_boxes(fm.masks))) if n else ():
         out.append(f"{where}, mask {i}: bbox {fm.bbox[i].tolist()} does not match the mask's extent")
+    H, W = fm.image_shape
+    pts = np.asarray(fm.point_coords, np.float64).reshape(-1, 2)
+    x, y = pts.T
+    for i in np.flatnonzero(~np.isfinite(pts).all(axis=1) | (x < 0) | (x > W) | (y < 0) | (y > H)):
+        out.append(f"{where}, mask {i}: point {pts[i].tolist()} is outside the {H}x{W} (HxW) image")
+    cx, cy, cw, ch = np.asarray(fm.crop_box, np.int64).reshape(-1, 4).T
+    for i in np.flatnonzero((cx < 0) | (cy < 0) | (cw < 0) | (ch < 0) | (cx + cw > W) | (cy + ch > H)):
+        out.append(f"{where}, mask {i}: crop box {fm.crop_box[i].tolist()} is outside the {H}x{W} image")
+    scores = np.stack([np.asarray(fm.predicted_iou, np.float64), np.asarray(fm.stability_score, np.float64)])
+    for i in np.flatnonzero(~np.isfinite(scores).all(axis=0)):
+        out.append(f"{where}, mask {i}: score not finite ({scores[:, i].tolist()})")
     if fm.full_seg.shape != fm.image_shape:
         out.append(f"{where}: full_seg shape {fm.full_seg.shape} != image shape {fm.image_shape}")
     elif fm.full_seg.size and int(fm.full_seg.max()) > n:

@@ -305,6 +305,36 @@ def test_store_without_checksum_is_unverifiable_until_index_checks_it(out):
     assert report.only_bad_frames, report.lines  # only c's bad pair (frames of different sizes) is left
 
 
+def test_derive_and_index_never_reseal_a_damaged_store(out):
+    """Before: `derive` rewrote a store whose bytes no longer matched its checksum and sealed the damage
+    with a new one (a changed predicted_iou came back "ok"); `index`, with the checksum file deleted,
+    read the frames, accepted a point outside the image and recorded a new checksum file."""
+    stores = out / "stores"
+    s0, s1 = stores / f"{SHARDS[0]}.h5", stores / f"{SHARDS[1]}.h5"
+    sound = s0.read_bytes()
+    with h5py.File(s0, "r+") as f:
+        f["masks/predicted_iou"][0] = 0.25  # damaged after its commit: the checksum no longer matches
+    damaged, others = stamp(s0), [stamp(s1), stamp(stores / f"{SHARDS[2]}.h5")]
+    res = cli(["derive", "--stores", str(stores), "--key-min-h", "10"])
+    assert res.exit_code == 2, res.output
+    assert f"derive: shard {SHARDS[0]}.h5 is corrupt: " in res.output, res.output
+    assert "nothing was re-derived" in res.output and "--repair" in res.output
+    assert stamp(s0) == damaged and [stamp(s1), stamp(stores / f"{SHARDS[2]}.h5")] == others
+    s0.write_bytes(sound)
+
+    sidecar_path(s1).unlink()
+    with h5py.File(s1, "r+") as f:
+        f["masks/point_coords"][0] = [500.0, 3.0]  # outside the 24x32 frame
+    for args in (["index", "--stores", str(stores)],
+                 ["derive", "--stores", str(stores), "--key-min-h", "10"]):
+        res = cli(args)
+        assert res.exit_code == 2, res.output
+        assert f"shard {SHARDS[1]}.h5 has no checksum file and a full read finds it damaged" in res.output
+        assert "mask 0: point [500.0, 3.0] is outside the 24x32 (HxW) image" in res.output, res.output
+        assert "--repair" in res.output and not sidecar_path(s1).exists()
+    assert stamp(s0)[1] == sound
+
+
 # -- 6: corrupt but openable stores are redone by --repair ------------------------------------------------
 
 

@@ -17,8 +17,10 @@ from unsamflow.pipeline.lock import output_lock, sweep_temps
 def derive(store_dir: Path, derive_config: dict, quiet: bool) -> None:
     """Re-derive every store from its stored masks (the segmenter is not run again).
 
-    Stores already derived with the same thresholds are skipped; each other store is rewritten
-    atomically. An existing index.json is rebuilt afterwards (the stores changed).
+    Every store is checked against its checksum file first (one without is read in full), and a damaged
+    one stops the command before anything is rewritten. Stores already derived with the same thresholds
+    are skipped; each other store is rewritten atomically. An existing index.json is rebuilt afterwards
+    (the stores changed).
 
     \b
     Example (key objects for small frames):
@@ -40,10 +42,26 @@ def derive(store_dir: Path, derive_config: dict, quiet: bool) -> None:
 
 
 def _derive_all(store_dir: Path, files: list[Path], cfg, quiet: bool = False) -> None:
+    from unsamflow.pipeline.errors import StoreError
     from unsamflow.pipeline.rederive import rewrite_derived
     from unsamflow.pipeline.store import MaskStore
-    from unsamflow.pipeline.store.index import INDEX_NAME, build_index
+    from unsamflow.pipeline.store.index import (
+        INDEX_NAME,
+        REPAIR_HINT,
+        as_corrupt,
+        build_index,
+        check_and_open,
+    )
 
+    # Every store is checked before any is rewritten: a rewrite re-seals it with a new checksum, which
+    # would certify whatever damage it had (a changed score, a point outside the image) as sound.
+    for path in files:
+        try:
+            check_and_open(path).close()
+        except StoreError as exc:
+            why = as_corrupt(path, exc)
+            hint = "" if "--repair" in why else f"; {REPAIR_HINT}"
+            raise StoreError(f"derive: {why}; nothing was re-derived{hint}") from None
     done = skipped = 0
     for path in files:
         with MaskStore(path) as store:

@@ -254,18 +254,51 @@ def as_corrupt(path: Path, exc: StoreError) -> str:
     return text
 
 
+REPAIR_HINT = "`pipeline segment --repair` (or `pipeline run --repair`) makes it again"
+
+
+def structural_problems(path: Path) -> list[str]:
+    """What a full read of a store finds (empty when it reads clean): every HDF5 attribute and every
+    chunk of every dataset read, then every frame decoded and checked as `verify` checks it (areas,
+    boxes, points and crop boxes inside the image, finite scores, labels and key-object indices)."""
+    import h5py
+    from unsamflow.pipeline.verify import read_frames
+
+    def visit(_name: str, obj) -> None:
+        dict(obj.attrs)
+        if isinstance(obj, h5py.Dataset):
+            if obj.chunks is None or not obj.shape:
+                obj[()]
+            else:  # a chunk's rows at a time: every chunk decompressed (gzip checks its own bytes)
+                for start in range(0, obj.shape[0], obj.chunks[0]):
+                    obj[start : start + obj.chunks[0]]
+
+    try:
+        with h5py.File(path, "r") as f:
+            dict(f.attrs)
+            f.visititems(visit)
+        with MaskStore(path) as store:
+            store.segmenter, store.derive_config, store.source, store.bad_frames  # noqa: B018
+            return read_frames(store).problems
+    except Exception as exc:  # a damaged file fails in many ways; each is "cannot read"
+        return [f"shard {path.name}: cannot read ({type(exc).__name__}: {exc})"]
+
+
 def check_and_open(path: Path) -> MaskStore:
     """A MaskStore for `path` once its bytes match its sidecar (StoreCorrupt before HDF5 sees them).
 
-    A store without a sidecar is read in full first (every frame decoded; any error means corrupt) and
-    its sidecar recorded: the one time HDF5 parses bytes that no checksum vouches for.
+    A store without a sidecar is read in full first (`structural_problems`) and its sidecar recorded
+    only when that read is clean: the one time HDF5 parses bytes that no checksum vouches for. One that
+    fails is StoreCorrupt, naming what the read found and --repair; no sidecar is written for it.
     """
     try:
         check_store_file(path)
     except StoreUnverifiable:
-        with MaskStore(path) as store:
-            for row in range(len(store)):
-                store.read(row)
+        problems = structural_problems(path)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise StoreCorrupt(f"shard {path.name} has no checksum file and a full read finds it damaged: "
+                               f"{problems[0]}{more}; {REPAIR_HINT}") from None
         write_sidecar(path)
     return MaskStore(path)
 
