@@ -34,6 +34,7 @@ class Pair:
     occlusion: str | None = None  # Sintel occlusions/ (255 = occluded)
     invalid: str | None = None  # Sintel invalid/ (255 = invalid)
     occ_kind: str | None = None  # "flow_occ" / "flow_noc" for KITTI, None otherwise
+    valid: str | None = None  # a valid-pixel mask PNG (255 = valid), e.g. from a `pairs` list
 
 
 @dataclass
@@ -155,10 +156,10 @@ def check_relative(frame_id: str, source: str = "manifest") -> str:
 
 
 def safe_join(root: str | Path, frame_id: str) -> Path:
-    """root / frame_id, refusing anything (including symlinks) that resolves outside root."""
+    """root / frame_id, refusing ids that climb out of the root (absolute, '..', see check_relative).
+
+    The check is on the id, not on where the file lies: a symlink inside the root is followed wherever
+    it resolves (datasets linked in from another disk), while a manifest can still never name a path
+    outside the root."""
     check_relative(frame_id)
-    root_r = Path(root).resolve()
-    full = (root_r / frame_id).resolve()
-    if full != root_r and root_r not in full.parents:
-        raise BadInputError(f"frame id {frame_id!r} resolves outside the dataset root {root_r}")
-    return full
+    return Path(root).resolve() / frame_id

@@ -292,3 +292,80 @@ def test_report_puts_the_model_beside_zero_and_dis(tiny_train_set, tmp_path):
     assert [r["predictor"] for r in doc["sets"][0]["results"]] == ["model", "dis", "zero"]
     assert {s.name for s in real_sample_sets()} == {"sintel-clean-training", "kitti-2015-training",
                                                      "middlebury-other"}
+
+
+# -- one pair with ground truth, masks by relative path, progress lines in logs ----------------------------
+def test_infer_one_pair_with_ground_truth_prints_metrics(shared_data, tmp_path):
+    chairs = shared_data / "flyingchairs" / "FlyingChairs_examples"
+    ckpt = _checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["infer", "--checkpoint", str(ckpt), str(chairs / "0000000-img0.ppm"),
+                                  str(chairs / "0000000-img1.ppm"), "--gt", str(chairs / "0000000-gt.flo"),
+                                  "--out", str(out), "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "epe" in r.output and "px1" in r.output
+    flow, _ = read_flow(out / "flow" / "0000000-img0.flo")
+    assert flow.shape == (384, 512, 2)
+    from unsamflow.trainer.metrics import FlowMetrics
+
+    gt, valid = read_flow(chairs / "0000000-gt.flo")
+    epe = FlowMetrics("pixel").update(flow, gt, valid)[0]["epe"]
+    assert f"{epe:.3f}" in r.output  # the printed figure is the pair's EPE
+    assert (out / "color" / "0000000-img0.png").is_file() and (out / "panel" / "0000000-img0.png").is_file()
+    r = CliRunner().invoke(main, ["infer", "--checkpoint", str(ckpt), str(chairs / "0000000-img0.ppm"),
+                                  "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 2 and "exactly two images" in r.output
+
+
+def _folder_stores(root: Path, out: Path) -> Path:
+    """Stores of every frame under `root` (layout folder), one mask per frame: the pipeline's format."""
+    from unsamflow.pipeline.derive import DeriveConfig, derive
+    from unsamflow.pipeline.images import file_sha256
+    from unsamflow.pipeline.layouts import scan
+    from unsamflow.pipeline.store import StoreWriter, build_index
+    from unsamflow.pipeline.synthetic.scenes import instance_records
+
+    manifest = scan("folder", root)
+    cfg = DeriveConfig()
+    with StoreWriter(out / "s.h5", segmenter={"name": "instances", "config": {}}, derive_config=cfg.to_dict(),
+                     source={"layout": "folder", "root": manifest.root}) as w:  # fmt: skip
+        for f in manifest.frames:
+            inst = np.zeros((64, 64), np.uint16)
+            inst[8:40, 8:40] = 1
+            records = instance_records(inst)
+            masks = np.stack([x["segmentation"] for x in records])
+            full_seg, key = derive(masks, np.array([x["bbox"] for x in records], float), cfg)
+            w.add_frame(f.id, image_shape=inst.shape, sha256=file_sha256(manifest.path(f.id)),
+                        records=records, full_seg=full_seg, key_objects=key)  # fmt: skip
+    build_index(out, manifest=manifest)
+    return out
+
+
+def test_infer_matches_masks_made_from_a_folder_above_the_input(tmp_path):
+    rng = np.random.default_rng(0)
+    for clip in ("judo", "walk"):
+        for i in range(2):
+            write_png(tmp_path / "video" / clip / f"{i:05d}.png", rng.integers(0, 256, (64, 64, 3), np.uint8))
+    stores = _folder_stores(tmp_path / "video", tmp_path / "stores")
+    ckpt = _checkpoint(tmp_path / "m.pt", mask_features=True)
+    judo = tmp_path / "video" / "judo"
+    r = CliRunner().invoke(main, ["infer", "--checkpoint", str(ckpt), "--input", str(judo),
+                                  "--masks", str(stores), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "flow" / "00000.flo").is_file()
+    write_png(tmp_path / "elsewhere" / "a.png", np.zeros((64, 64, 3), np.uint8))
+    write_png(tmp_path / "elsewhere" / "b.png", np.zeros((64, 64, 3), np.uint8))
+    r = CliRunner().invoke(main, ["infer", "--checkpoint", str(ckpt), "--input", str(tmp_path / "elsewhere"),
+                                  "--masks", str(stores), "--out", str(tmp_path / "o2"), "--device", "cpu"])
+    assert r.exit_code != 0 and f"made from {(tmp_path / 'video').resolve()}" in r.output
+    assert "'judo/00000.png'" in r.output
+
+
+def test_evaluate_progress_is_one_line_per_report_in_a_log(shipped_data, monkeypatch):
+    monkeypatch.setenv("UNSAMFLOW_PROGRESS_SECONDS", "0")
+    r = CliRunner().invoke(main, ["evaluate", "--baseline", "zero", "--dataset", "sintel-clean",
+                                  "--root", str(shipped_data / "sintel")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    lines = [x for x in r.output.splitlines() if x.startswith("evaluate ")]
+    assert lines and "\r" not in r.output
+    assert lines[0].startswith("evaluate 1/") and "ETA" in lines[0]

@@ -129,8 +129,8 @@ def test_bad_pairs_are_reported_by_name(shared_data, tmp_path):
         FlowDataset(Manifest("x", str(tmp_path), [], [Pair("big.png", "small.png")]))[0]
     with pytest.raises(BadInputError, match="escapes"):
         FlowDataset(Manifest("x", str(tmp_path), [], [Pair("../x.png", "small.png")]))[0]
-    with pytest.raises(BadInputError, match="unknown dataset 'sintel'"):
-        open_dataset("sintel", root)
+    with pytest.raises(BadInputError, match="unknown dataset 'sintel-cleaned'"):
+        open_dataset("sintel-cleaned", root)
     assert {"sintel-clean-training", "kitti-2015-training", "middlebury-other", "synthetic"} <= set(DATASETS)
 
 

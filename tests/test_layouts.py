@@ -151,20 +151,117 @@ def test_folder_natural_order_hidden_and_nested(tmp_path):
     assert sorted(["frame10", "frame2", "Frame3"], key=natural_key) == ["frame2", "Frame3", "frame10"]
 
 
-def test_symlink_escaping_root_is_refused(tmp_path):
+def test_symlinks_inside_the_root_are_followed_wherever_they_lead(tmp_path):
+    """Data linked in from another disk is scanned and read; ids stay relative to the root."""
+    from unsamflow.pipeline.images import write_png
+    from unsamflow.pipeline.manifest import safe_join
+
     outside = tmp_path / "outside"
-    touch(outside, "secret.png")
+    import numpy as np
+
+    for name in ("a.png", "b.png"):
+        write_png(outside / "clip" / name, np.full((4, 6, 3), 7, np.uint8))
     root = tmp_path / "root"
     touch(root, "seq/frame1.png")
-    (root / "seq" / "frame2.png").symlink_to(root / "seq" / "frame1.png")  # inside: allowed
-    assert scan("folder", root).frame_ids == ["seq/frame1.png", "seq/frame2.png"]
-    (root / "seq" / "frame3.png").symlink_to(outside / "secret.png")
-    with pytest.raises(BadInputError, match="seq/frame3.png.*outside the dataset root"):
-        scan("folder", root)
-    (root / "seq" / "frame3.png").unlink()
-    (root / "linked").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(BadInputError, match="'linked'.*outside the dataset root"):
-        scan("folder", root)
+    (root / "seq" / "frame2.png").symlink_to(outside / "clip" / "a.png")  # a file linked from outside
+    (root / "linked").symlink_to(outside / "clip", target_is_directory=True)  # a folder linked from outside
+    m = scan("folder", root)
+    assert m.frame_ids == ["linked/a.png", "linked/b.png", "seq/frame1.png", "seq/frame2.png"]
+    assert m.path("linked/b.png").read_bytes() == (outside / "clip" / "b.png").read_bytes()
+    from unsamflow.pipeline.flow import open_dataset
+
+    assert open_dataset("folder", root)[0]["img1"].shape == (4, 6, 3)
+    for bad in ("../outside/clip/a.png", "/etc/passwd"):  # ids that climb out are still refused
+        with pytest.raises(BadInputError, match="escapes the dataset root"):
+            safe_join(root, bad)
+
+
+def test_flyingchairs_layout_pairs_each_stem_and_folder_never_crosses_stems(shared_data, tmp_path):
+    m = scan("flyingchairs", shared_data / "flyingchairs")  # the examples FlowNet ships: -img0, -img1, -gt
+    d = "FlyingChairs_examples/0000000"
+    assert m.frame_ids == [f"{d}-img0.ppm", f"{d}-img1.ppm"] and m.pairs[0].flow == f"{d}-gt.flo"
+    # the release's names (data/NNNNN_img1.ppm, _img2.ppm, _flow.flo) and its train/val split file
+    for i in (1, 2, 3):
+        touch(tmp_path, f"data/{i:05d}_img1.ppm", f"data/{i:05d}_img2.ppm", f"data/{i:05d}_flow.flo")
+    (tmp_path / "FlyingChairs_train_val.txt").write_text("1\n2\n1\n")
+    m = scan("flyingchairs", tmp_path)
+    assert [(p.frame1, p.frame2, p.flow) for p in m.pairs][0] == (
+        "data/00001_img1.ppm", "data/00001_img2.ppm", "data/00001_flow.flo")
+    assert len(m.pairs) == 3 and len({f.sequence for f in m.frames}) == 3
+    assert [p.frame1 for p in scan("flyingchairs-val", tmp_path).pairs] == ["data/00002_img1.ppm"]
+    assert len(scan("flyingchairs", tmp_path, split="train").pairs) == 2
+    # the folder layout pairs 00001_img1 -> 00001_img2 but never 00001_img2 -> 00002_img1
+    pairs = [(p.frame1, p.frame2) for p in scan("folder", tmp_path).pairs]
+    assert pairs == [(f"data/{i:05d}_img1.ppm", f"data/{i:05d}_img2.ppm") for i in (1, 2, 3)]
+
+
+def test_hd1k_layout(tmp_path):
+    touch(tmp_path, *(f"hd1k_input/image_2/000001_{i:04d}.png" for i in range(3)),
+          "hd1k_input/image_2/000002_0000.png", "hd1k_input/image_2/000002_0001.png",
+          "hd1k_flow_gt/flow_occ/000001_0000.png", "hd1k_flow_gt/flow_occ/000001_0001.png")
+    m = scan("hd1k", tmp_path)
+    assert len(m.frames) == 5 and len({f.sequence for f in m.frames}) == 2
+    assert [(p.frame1.rsplit("/", 1)[1], p.flow) for p in m.pairs] == [
+        ("000001_0000.png", "hd1k_flow_gt/flow_occ/000001_0000.png"),
+        ("000001_0001.png", "hd1k_flow_gt/flow_occ/000001_0001.png"), ("000002_0000.png", None)]
+
+
+def test_pairs_list_as_text_csv_and_json(shared_data, tmp_path):
+    """Any pairs with ground truth from a list file; paths relative to the list's folder (links followed)."""
+    import json
+
+    import numpy as np
+    from unsamflow.pipeline.flow import open_dataset
+    from unsamflow.pipeline.flow.io import write_mask_png
+
+    (tmp_path / "chairs").symlink_to(shared_data / "flyingchairs" / "FlyingChairs_examples")
+    valid = np.ones((384, 512), bool)
+    valid[:10] = False
+    write_mask_png(tmp_path / "valid.png", valid)
+    c = "chairs/0000000"
+    (tmp_path / "list.txt").write_text(f"# img1 img2 flow\n{c}-img0.ppm {c}-img1.ppm {c}-gt.flo\n")
+    csv_row = f"{c}-img0.ppm,{c}-img1.ppm,{c}-gt.flo,valid.png"
+    (tmp_path / "list.csv").write_text(f"img1,img2,gt,valid\n{csv_row}\n")
+    (tmp_path / "list.json").write_text(json.dumps([{"img1": f"{c}-img0.ppm", "img2": f"{c}-img1.ppm"}]))
+    txt = open_dataset("pairs", tmp_path / "list.txt", gt_only=True)
+    csv = open_dataset("pairs", tmp_path / "list.csv", gt_only=True)
+    assert len(txt) == len(csv) == 1 and txt[0]["flow"].shape == (384, 512, 2)
+    assert txt[0]["valid"].all() and csv[0]["valid"].sum() == valid.sum()
+    np.testing.assert_array_equal(txt[0]["flow"], csv[0]["flow"])
+    assert len(open_dataset("pairs", tmp_path / "list.json")) == 1
+    assert len(open_dataset("pairs", tmp_path / "list.json", gt_only=True)) == 0
+    # errors name the line and what is wrong
+    (tmp_path / "bad.txt").write_text(f"{c}-img0.ppm {c}-nothing.ppm\n")
+    with pytest.raises(BadInputError, match=r"bad.txt line 1: img2 .*nothing.ppm.*file not found"):
+        open_dataset("pairs", tmp_path / "bad.txt")
+    (tmp_path / "abs.csv").write_text(f"img1,img2\n/abs/a.png,{c}-img1.ppm\n")
+    with pytest.raises(BadInputError, match=r"abs.csv line 2: img1 '/abs/a.png' must be relative"):
+        open_dataset("pairs", tmp_path / "abs.csv")
+    (tmp_path / "col.csv").write_text("img1,img2,depth\n")
+    with pytest.raises(BadInputError, match="unknown column 'depth'"):
+        open_dataset("pairs", tmp_path / "col.csv")
+
+
+def test_every_command_takes_the_same_dataset_names(shipped_data, tmp_path):
+    """ptlflow's short names, the full names and the layout names work in pipeline, evaluate and train."""
+    from unsamflow.pipeline.flow import open_dataset
+    from unsamflow.trainer.cli import main as trainer_main
+    from unsamflow.trainer.data import parse_mix
+
+    sintel = shipped_data / "sintel"
+    names = ("sintel-clean", "sintel-clean-training")
+    assert len({len(open_dataset(n, sintel, gt_only=True)) for n in names}) == 1
+    assert scan("kitti-2015-training", shipped_data / "kitti2015").layout == "kitti2015"
+    assert [p.name for p in parse_mix("kitti2015+sintel-clean+flyingchairs")] == [
+        "kitti2015", "sintel-clean-training", "flyingchairs"]
+    r = CliRunner().invoke(trainer_main, ["evaluate", "--baseline", "zero", "--dataset", "sintel-clean",
+                                          "--root", str(sintel)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "m.json"
+    r = CliRunner().invoke(main, ["manifest", "--layout", "sintel-clean-training", "--root", str(sintel),
+                                  "--out", str(out), "--allow-partial"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert Manifest.load(out).meta["options"]["passes"] == ["clean"]
 
 
 def test_numbered_layouts_do_not_pair_across_gaps(tmp_path):

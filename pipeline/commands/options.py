@@ -54,7 +54,8 @@ LAYOUT_OPTION_HELP = (
     "Layout option KEY=VALUE (repeatable), the same syntax in every command: split=training|test (sintel), "
     "split=training|testing (kitti*); passes=clean,final,albedo (sintel; default clean,final); "
     "multiview=true (kitti*: every frame of the multi-view download, not only the 10 -> 11 pair); "
-    "gray=true (kitti2012: image_0/; middlebury: other-data-gray/).")
+    "gray=true (kitti2012: image_0/; middlebury: other-data-gray/); split=all|train|val (flyingchairs); "
+    "list=FILE (pairs: the list inside --root; or give the list file as --root).")
 
 
 def layout_options(required: bool):
@@ -67,7 +68,7 @@ def layout_options(required: bool):
         return click.option(
             "--layout", required=required, default=None, type=click.Choice(layout_names()),
             help="Dataset layout; ptlflow's names sintel-clean, sintel-final (= sintel -l passes=...), "
-                 "kitti-2015, kitti-2012 are accepted too."
+                 "kitti-2015, kitti-2012 and every dataset name evaluate and train take are accepted too."
                  + ("" if required else " Not needed with --manifest."),
         )(f)
 

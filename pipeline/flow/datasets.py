@@ -39,9 +39,36 @@ DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
     "kitti-2012-testing": ("kitti2012", {"split": "testing"}),
     "kitti-2012-multiview": ("kitti2012", {"split": "training", "multiview": True}),
     "middlebury-other": ("middlebury", {}),
+    "flyingchairs": ("flyingchairs", {"split": "all"}),
+    "flyingchairs-train": ("flyingchairs", {"split": "train"}),
+    "flyingchairs-val": ("flyingchairs", {"split": "val"}),
+    "hd1k": ("hd1k", {}),
+    "pairs": ("pairs", {}),
     "folder": ("folder", {}),
     "synthetic": ("synthetic", {}),
 }
+
+# ptlflow's short names, accepted by every command (train's mixes, evaluate, pipeline manifest/run)
+SHORT_NAMES: dict[str, str] = {
+    "sintel-clean": "sintel-clean-training",
+    "sintel-final": "sintel-final-training",
+    "kitti-2015": "kitti-2015-training",
+    "kitti-2012": "kitti-2012-training",
+    "middlebury": "middlebury-other",
+}
+
+
+def resolve_name(name: str) -> tuple[str, str, dict[str, Any]]:
+    """(full dataset name, layout, scan options) for a dataset name, a short name or a layout name."""
+    from unsamflow.pipeline.layouts import LAYOUTS
+
+    full = SHORT_NAMES.get(name, name)
+    if full in DATASETS:
+        return full, *DATASETS[full]
+    if name in LAYOUTS:
+        return name, name, {}
+    known = ", ".join(dict.fromkeys([*DATASETS, *SHORT_NAMES, *LAYOUTS]))
+    raise BadInputError(f"unknown dataset {name!r}; known: {known}")
 
 
 class FlowDataset:
@@ -84,6 +111,8 @@ class FlowDataset:
             flow, valid = self._flow(pair.flow, shape)
             if pair.invalid:
                 valid &= ~read_mask_png(m.path(pair.invalid), shape)
+            if pair.valid:
+                valid &= read_mask_png(m.path(pair.valid), shape)
             sample["flow"], sample["valid"] = flow, valid
             occ = self._kitti_occlusion(pair, valid) if pair.occ_kind == "flow_occ" else None
             if occ is not None:
@@ -131,10 +160,9 @@ class FlowDataset:
 
 
 def open_dataset(name: str, root: str | Path, gt_only: bool = False, **options: Any) -> FlowDataset:
-    """A FlowDataset by ptlflow-like name (DATASETS); options override the name's scan options."""
+    """A FlowDataset by ptlflow-like name (DATASETS, SHORT_NAMES or a layout name); options override the
+    name's scan options. `pairs` takes the list file as its root (`open_dataset("pairs", "list.csv")`)."""
     from unsamflow.pipeline.layouts import scan
 
-    if name not in DATASETS:
-        raise BadInputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    layout, defaults = DATASETS[name]
+    _, layout, defaults = resolve_name(name)
     return FlowDataset(scan(layout, root, **{**defaults, **options}), gt_only=gt_only)

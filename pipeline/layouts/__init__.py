@@ -52,6 +52,12 @@ from unsamflow.pipeline.layouts import synthetic  # noqa: E402  (synthetic scene
 
 register(synthetic.LAYOUT)
 
+from unsamflow.pipeline.layouts import flyingchairs, hd1k, pairs  # noqa: E402
+
+register(flyingchairs.LAYOUT)
+register(hd1k.LAYOUT)
+register(pairs.LAYOUT)
+
 _MAX_IGNORED_EXAMPLES = 20
 
 # ptlflow's dataset names, accepted wherever a layout is: name -> (layout, options it implies).
@@ -64,16 +70,26 @@ ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def layout_names() -> list[str]:
-    """Every name `scan` accepts: the layouts, then ptlflow's names for them (ALIASES)."""
-    return [*LAYOUTS, *ALIASES]
+    """Every name `scan` accepts: the layouts, ptlflow's short names (ALIASES), then the dataset names
+    of every other command (pipeline.flow.datasets.DATASETS), so one name works everywhere."""
+    from unsamflow.pipeline.flow.datasets import DATASETS, SHORT_NAMES
+
+    return list(dict.fromkeys([*LAYOUTS, *ALIASES, *DATASETS, *SHORT_NAMES]))
 
 
 def resolve_alias(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(layout, options) for a layout or alias name; the options given override the alias's own."""
+    """(layout, options) for a layout, alias or dataset name; the options given override the name's own."""
+    if name in LAYOUTS:
+        return name, options
     if name in ALIASES:
         layout, implied = ALIASES[name]
-        return layout, {**implied, **{k: v for k, v in options.items() if v is not None}}
-    return name, options
+    else:
+        from unsamflow.pipeline.flow.datasets import DATASETS, SHORT_NAMES
+
+        if SHORT_NAMES.get(name, name) not in DATASETS:
+            return name, options  # get_layout names the unknown layout
+        layout, implied = DATASETS[SHORT_NAMES.get(name, name)]
+    return layout, {**implied, **{k: v for k, v in options.items() if v is not None}}
 
 
 def scan(layout: str, root: str | Path, **options: Any) -> Manifest:
@@ -84,8 +100,11 @@ def scan(layout: str, root: str | Path, **options: Any) -> Manifest:
     """
     layout, options = resolve_alias(layout, options)
     spec = get_layout(layout)
-    opts = _resolve_options(spec, options)
     root_path = Path(root)
+    if spec.file_root_option and root_path.is_file():  # `--root pairs.csv`: its folder is the root
+        options = {**options, spec.file_root_option: root_path.name}
+        root_path = root_path.parent
+    opts = _resolve_options(spec, options)
     if not root_path.is_dir():
         what = "is not a folder" if root_path.exists() else "does not exist"
         raise BadInputError(f"dataset root {root_path} {what}")

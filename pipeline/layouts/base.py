@@ -1,8 +1,8 @@
 """What every layout scanner shares: the Layout record, safe directory listing, natural order.
 
 A scanner only knows its dataset's tree. It lists directories through `list_dir`, which
-skips hidden entries and refuses anything that resolves outside the dataset root, so no
-scanner can hand a path escaping the root to a later stage.
+skips hidden entries and gives ids relative to the root (never absolute, never with '..'), so no
+scanner can hand a later stage an id that climbs out of the root; symlinks inside it are followed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unsamflow.pipeline.errors import BadInputError
-from unsamflow.pipeline.manifest import Frame, Pair, safe_join
+from unsamflow.pipeline.manifest import Frame, Pair, check_relative, safe_join
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -50,6 +50,8 @@ class Layout:
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     groups: Callable[[dict[str, Any]], list[str]] = lambda options: []
     has_counts: bool = False
+    # a layout whose root may be a file (a pair list): its folder becomes the root, its name this option
+    file_root_option: str | None = None
 
 
 def natural_key(name: str) -> tuple:
@@ -66,8 +68,8 @@ def group_of(sequence: str) -> str:
 def list_dir(root: Path, rel: str) -> tuple[list[str], list[str]]:
     """(sub-directory names, file names) of root/rel, hidden entries skipped, naturally sorted.
 
-    Symlinks are followed only when they stay inside the root; one that escapes raises
-    BadInputError naming it. A missing folder gives two empty lists.
+    Symlinks are followed wherever they lead (data linked in from another disk is the everyday case);
+    ids stay relative to the root. A missing folder gives two empty lists.
     """
     base = root / rel if rel else root
     dirs: list[str] = []
@@ -84,8 +86,7 @@ def list_dir(root: Path, rel: str) -> tuple[list[str], list[str]]:
         rel_id = f"{rel}/{entry.name}" if rel else entry.name
         if "\\" in entry.name:  # ids are POSIX paths; a manifest holding one could not be loaded
             raise BadInputError(f"{base / entry.name}: names with a backslash are not supported")
-        if entry.is_symlink():
-            safe_join(root, rel_id)  # raises when the link leads outside the root
+        check_relative(rel_id, str(root))
         if entry.is_dir():
             dirs.append(entry.name)
         elif entry.is_file():

@@ -1,7 +1,9 @@
 """Any tree of images: each folder that directly holds images is one sequence, in natural order.
 
 No ground truth. Pairs are consecutive frames of a folder in natural sort order (frame2
-before frame10), which is how video frames dumped by ffmpeg and friends are numbered.
+before frame10), which is how video frames dumped by ffmpeg and friends are numbered. Frames named as
+pairs (`<stem>-img0`/`-img1`, `<stem>_img1`/`_img2`, as FlyingChairs names them) pair only with their
+own stem's other frame, never across stems.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from unsamflow.pipeline.layouts.base import Layout, ScanResult, is_image, list_dir
+from unsamflow.pipeline.layouts.flyingchairs import PAIR_FRAME
 from unsamflow.pipeline.manifest import Frame, Pair
 
 
@@ -32,12 +35,21 @@ def _scan(root: Path, options: dict[str, Any]) -> ScanResult:
             else:
                 out.ignored.append(rel_id)
         out.frames += frames
-        out.pairs += [Pair(a.id, b.id) for a, b in zip(frames, frames[1:], strict=False)]
+        out.pairs += [Pair(a.id, b.id) for a, b in zip(frames, frames[1:], strict=False)
+                      if _same_pair_stem(a.id, b.id)]  # fmt: skip
         for d in subdirs:
             walk(f"{rel}/{d}" if rel else d)
 
     walk("")
     return out
+
+
+def _same_pair_stem(a: str, b: str) -> bool:
+    """False for two pair-named frames of different stems (0001-img1 -> 0002-img0); True otherwise."""
+    ma, mb = PAIR_FRAME.fullmatch(a.rsplit("/", 1)[-1]), PAIR_FRAME.fullmatch(b.rsplit("/", 1)[-1])
+    if ma is None or mb is None:
+        return True
+    return ma["stem"] == mb["stem"]
 
 
 LAYOUT = Layout(

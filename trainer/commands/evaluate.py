@@ -26,8 +26,12 @@ def build_predictor(checkpoint, baseline, device, test_size, dataset, pad_mode):
 @click.command("evaluate")
 @click.option("--checkpoint", type=click.Path(), help="Checkpoint file (or run folder: its latest).")
 @click.option("--baseline", type=click.Choice(["zero", "dis"]), help="Evaluate a baseline instead.")
-@click.option("--dataset", required=True, help="Dataset name, e.g. sintel-final-training.")
-@click.option("--root", required=True, type=click.Path(file_okay=False), help="Dataset root folder.")
+@click.option("--dataset", required=True,
+              help="Dataset name, e.g. sintel-final-training, sintel-clean, kitti-2015, flyingchairs, hd1k, "
+                   "or pairs (a list file: --root pairs.csv); the names train and pipeline take.")
+@click.option("--root", required=True, type=click.Path(),
+              help="Dataset root folder (for `pairs`: the list file, or the folder holding "
+                   "pairs.txt|csv|json).")
 @click.option("--masks", type=click.Path(), help="Mask store folder (with index.json) covering the dataset.")
 @click.option("--segment", is_flag=True, help="Make full_seg on the spot with the default segmenter.")
 @click.option("--refine", is_flag=True, help="Also report metrics after per-object homography refinement.")
@@ -66,15 +70,19 @@ def evaluate(checkpoint, baseline, dataset, root, masks, segment, refine, refine
     indices = range(min(len(ds), max_pairs)) if max_pairs else None
     segs = open_segs(masks, segment)
 
+    from unsamflow.trainer.progress import PairProgress
+
+    bar = PairProgress("evaluate")
+
     def progress(n: int, total: int, r) -> None:
-        click.echo(f"\r{n + 1}/{total} {r.frame1}", nl=False, err=True)
+        bar(n + 1, total, r.frame1)
 
     result = run_evaluation(
         predictor, ds, dataset, segs=segs, refine={"rule": refine_rule} if refine else False, indices=indices,
         write_outputs=write_outputs,
         flow_format=flow_format, on_pair=progress,
     )
-    click.echo("", err=True)
+    bar.close()
     rows = [(result.predictor, result.metrics)] + ([("+ refine", result.refined)] if refine else [])
     click.echo(f"{dataset} ({len(result.pairs)} pairs, {result.aggregate} aggregation, "
                f"{result.seconds_per_pair:.2f} s/pair)")  # fmt: skip

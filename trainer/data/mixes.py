@@ -24,15 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unsamflow.pipeline.errors import BadInputError
-from unsamflow.pipeline.flow.datasets import DATASETS
+from unsamflow.pipeline.flow.datasets import SHORT_NAMES, resolve_name
 
-ALIASES: dict[str, str] = {
-    "sintel-clean": "sintel-clean-training",
-    "sintel-final": "sintel-final-training",
-    "kitti-2015": "kitti-2015-training",
-    "kitti-2012": "kitti-2012-training",
-    "middlebury": "middlebury-other",
-}
+ALIASES: dict[str, str] = SHORT_NAMES  # one table of names for every command (pipeline.flow.datasets)
 
 _COMPONENT = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]*)(?:\*(?P<repeat>\d+))?$")
 
@@ -47,7 +41,7 @@ class MixPart:
 
     @property
     def layout(self) -> str:
-        return DATASETS[self.name][0]
+        return resolve_name(self.name)[1]
 
     @property
     def keys(self) -> list[str]:
@@ -67,10 +61,10 @@ def parse_mix(spec: str) -> list[MixPart]:
         if not m:
             raise BadInputError(f"dataset mix {spec!r}: component {comp!r} is not NAME or NAME*N")
         written = m["name"]
-        name = ALIASES.get(written, written)
-        if name not in DATASETS:
-            known = ", ".join([*DATASETS, *ALIASES])
-            raise BadInputError(f"dataset mix {spec!r}: unknown dataset {written!r}; known: {known}")
+        try:
+            name = resolve_name(written)[0]
+        except BadInputError as exc:
+            raise BadInputError(f"dataset mix {spec!r}: {exc}") from None
         repeat = int(m["repeat"] or 1)
         if repeat < 1:
             raise BadInputError(f"dataset mix {spec!r}: repeat count of {written!r} must be >= 1, "

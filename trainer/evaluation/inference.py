@@ -106,9 +106,13 @@ def infer(
     flow_format: str = "flo",
     segs: Callable[[str, np.ndarray], np.ndarray] | None = None,
     on_pair: Callable[[int, int, str], None] | None = None,
+    max_flow: float | None = None,
 ) -> InferResult:
-    """Write `out/flow/<frame1>.<flo|png>` and `out/color/<frame1>.png` for each consecutive pair."""
-    from unsamflow.pipeline.flow import flow_to_color, write_flow
+    """Write `out/flow/<frame1>.<flo|png>` and `out/color/<frame1>.png` for each consecutive pair.
+
+    max_flow: the |flow| in px drawn at full colour in every picture (default: each pair's, see
+    flow_picture); the legend under each picture states it."""
+    from unsamflow.pipeline.flow import write_flow
     from unsamflow.pipeline.images import write_png
 
     if flow_format not in FLOW_SUFFIXES:
@@ -120,7 +124,10 @@ def infer(
     if segs is not None and hasattr(segs, "check_covers") and Path(source).is_dir():
         from unsamflow.pipeline.flow import open_dataset
 
-        segs.check_covers(f.id for f in open_dataset("folder", source).manifest.frames)
+        ids = [f.id for f in open_dataset("folder", source).manifest.frames]
+        if hasattr(segs, "align_to"):  # stores made from a folder above the input match by relative path
+            segs.align_to(source, ids)
+        segs.check_covers(ids)
     out = Path(out)
     result = InferResult(0, [], [])
     for id1, img1, id2, img2 in pairs:
@@ -130,10 +137,92 @@ def infer(
         flow = np.asarray(predictor(img1, img2, seg1, seg2), np.float32)
         stem = output_stem(id1)
         result.flow_files.append(write_flow(out / "flow" / f"{stem}{FLOW_SUFFIXES[flow_format]}", flow))
-        result.pictures.append(write_png(out / "color" / f"{stem}.png", flow_to_color(flow)))
+        result.pictures.append(write_png(out / "color" / f"{stem}.png", flow_picture(flow, max_flow)))
         result.pairs += 1
         if on_pair is not None:
             on_pair(result.pairs, total, id1)
     if result.pairs == 0:
         raise BadInputError(f"{source}: fewer than two frames, no flow to compute")
+    return result
+
+
+MIN_AUTO_SCALE = 1.0  # px: an automatic scale never goes below this, so sub-pixel noise stays pale
+
+
+def auto_scale(flow: np.ndarray) -> float:
+    """The picture scale of a flow: its 99th-percentile |flow| (one stray vector does not wash out the
+    rest), never below MIN_AUTO_SCALE px, so a near-zero flow does not look like motion."""
+    mag = np.linalg.norm(np.nan_to_num(np.asarray(flow, np.float32)), axis=2)
+    return max(float(np.percentile(mag, 99)) if mag.size else 0.0, MIN_AUTO_SCALE)
+
+
+def flow_picture(flow: np.ndarray, max_flow: float | None = None) -> np.ndarray:
+    """The flow in colour with a legend row below: the colour wheel and the |flow| (px) its rim stands for,
+    and the largest |flow| in the picture."""
+    from unsamflow.pipeline.flow.viz import annotate_panel, flow_to_color
+
+    scale = float(max_flow) if max_flow is not None else auto_scale(flow)
+    biggest = float(np.linalg.norm(np.nan_to_num(flow), axis=2).max()) if flow.size else 0.0
+    title = f"flow (max |flow| {biggest:.3g} px)"
+    return annotate_panel([flow_to_color(flow, max_flow=scale)], [title], max_flow=scale)
+
+
+@dataclass
+class PairInference:
+    """What `infer_pair` wrote, and the metrics against --gt when given."""
+
+    flow_file: Path
+    picture: Path
+    metrics: dict[str, float] | None = None
+    panel: Path | None = None
+
+
+def infer_pair(
+    predictor: FlowPredictor | Callable[..., np.ndarray],
+    image1: str | Path,
+    image2: str | Path,
+    out: str | Path,
+    *,
+    gt: str | Path | None = None,
+    flow_format: str = "flo",
+    segs: Callable[[str, np.ndarray], np.ndarray] | None = None,
+    max_flow: float | None = None,
+) -> PairInference:
+    """Flow of one pair of image files -> out/flow/<image1 stem>.<flo|png> and out/color/<stem>.png; with
+    `gt` (a .flo or KITTI PNG) also the metrics (ptlflow names) and out/panel/<stem>.png (frames, flow,
+    ground truth, error map)."""
+    from unsamflow.pipeline.flow import flow_panel, read_flow, write_flow
+    from unsamflow.pipeline.images import read_rgb, write_png
+    from unsamflow.trainer.metrics import FlowMetrics
+
+    if flow_format not in FLOW_SUFFIXES:
+        raise BadInputError(f"--format must be one of {sorted(FLOW_SUFFIXES)}, got {flow_format!r}")
+    if getattr(predictor, "needs_segs", False) and segs is None:
+        raise BadInputError("the model has mask features (+mf) and needs full_seg: give --masks STORES "
+                            "(made for these frames) or --segment")  # fmt: skip
+    img1, _ = read_rgb(image1)
+    img2, _ = read_rgb(image2)
+    if img1.shape != img2.shape:
+        raise BadInputError(f"{image2} is {img2.shape[1]}x{img2.shape[0]} but {image1} is "
+                            f"{img1.shape[1]}x{img1.shape[0]}: the frames of a pair must match")  # fmt: skip
+    gt_flow = valid = None
+    if gt is not None:
+        gt_flow, valid = read_flow(gt)
+        if gt_flow.shape[:2] != img1.shape[:2]:
+            raise BadInputError(f"{gt}: ground truth is {gt_flow.shape[1]}x{gt_flow.shape[0]} but the frames "
+                                f"are {img1.shape[1]}x{img1.shape[0]}")  # fmt: skip
+    seg1 = seg2 = None
+    if segs is not None:
+        ids = [segs.frame_id(p) if hasattr(segs, "frame_id") else str(p) for p in (image1, image2)]
+        if hasattr(segs, "check_covers"):
+            segs.check_covers(ids)
+        seg1, seg2 = segs(ids[0], img1), segs(ids[1], img2)
+    flow = np.asarray(predictor(img1, img2, seg1, seg2), np.float32)
+    out, stem = Path(out), Path(image1).stem
+    result = PairInference(write_flow(out / "flow" / f"{stem}{FLOW_SUFFIXES[flow_format]}", flow),
+                           write_png(out / "color" / f"{stem}.png", flow_picture(flow, max_flow)))
+    if gt_flow is not None:
+        result.metrics = FlowMetrics("pixel").update(flow, gt_flow, valid)[0]
+        panel = flow_panel(img1, img2, flow, gt_flow, valid, max_flow=max_flow, annotate=True)
+        result.panel = write_png(out / "panel" / f"{stem}.png", panel)
     return result

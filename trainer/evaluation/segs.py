@@ -21,10 +21,57 @@ class StoreSegs:
     def __init__(self, store_dir: str | Path):
         self.store_dir = Path(store_dir)
         self.index = Index.load(self.store_dir)
+        self.prefix = ""  # added to the ids asked for: the input folder's place under the stores' root
+
+    def source_root(self) -> Path | None:
+        """The dataset root the stores were made from (as the pipeline recorded it), if known."""
+        if not self.index.shards:
+            return None
+        from unsamflow.pipeline.store.reader import MaskStore
+
+        root = MaskStore(self.store_dir / self.index.shards[0]["file"]).source.get("root")
+        return Path(root) if root else None
+
+    def align_to(self, folder: str | Path, frame_ids: Iterable[str]) -> None:
+        """Match frames of `folder` (ids relative to it) to the stores by their path relative to the stores'
+        root, so that masks made from `video/` serve `--input video/judo`. Raises naming the root the
+        stores expect when `folder` is not under it and the ids do not match as they are."""
+        ids = list(dict.fromkeys(frame_ids))
+        if all(f in self.index for f in ids):
+            self.prefix = ""
+            return
+        root = self.source_root()
+        where = Path(folder).resolve()
+        if root is not None:
+            try:
+                rel = where.relative_to(root.resolve()).as_posix()
+            except ValueError:
+                rel = None
+            if rel is not None:
+                prefix = "" if rel == "." else f"{rel}/"
+                if all(prefix + f in self.index for f in ids):
+                    self.prefix = prefix
+                    return
+        example = next(iter(self.index.frames), "?")
+        raise StoreError(
+            f"{self.store_dir / INDEX_NAME}: the stores were made from {root or 'another root'} (frame ids "
+            f"like {example!r}) and do not cover the frames of {where}; give an input under that root or "
+            "the masks made for this input"
+        )
+
+    def frame_id(self, path: str | Path) -> str:
+        """The stores' id of an image file: its path relative to the stores' root."""
+        root = self.source_root()
+        where = Path(path).resolve()
+        try:
+            return where.relative_to(root.resolve()).as_posix() if root is not None else where.name
+        except ValueError:
+            raise StoreError(f"{self.store_dir / INDEX_NAME}: {path} is not under {root}, the folder the "
+                             "stores were made from; give the masks made for this input") from None
 
     def check_covers(self, frame_ids: Iterable[str]) -> None:
         """Raise naming the first frame (and how many) the stores do not have."""
-        missing = [f for f in dict.fromkeys(frame_ids) if f not in self.index]
+        missing = [self.prefix + f for f in dict.fromkeys(frame_ids) if self.prefix + f not in self.index]
         if missing:
             raise StoreError(
                 f"{self.store_dir / INDEX_NAME}: the stores do not cover {len(missing)} frame(s) of the "
@@ -32,6 +79,7 @@ class StoreSegs:
             )
 
     def __call__(self, frame_id: str, image: np.ndarray) -> np.ndarray:
+        frame_id = self.prefix + frame_id
         store, row = self.index.store_for(frame_id)
         seg = np.asarray(store.read_full_seg(row)).astype(np.int64)
         if seg.shape != image.shape[:2]:
