@@ -6,8 +6,8 @@ import click
 from unsamflow.pipeline.errors import ReportingGroup
 
 # `--help` lists the commands in the order a job uses them, not alphabetically.
-PIPELINE_ORDER = ("manifest", "shard", "segment", "derive", "track", "index", "verify", "show", "run", "import",
-                  "export", "inspect", "segmenters", "synth", "show-flow")
+PIPELINE_ORDER = ("manifest", "shard", "segment", "derive", "track", "index", "verify", "show", "run",
+                  "import", "export", "inspect", "segmenters", "synth", "show-flow")
 
 
 class PipelineGroup(ReportingGroup):

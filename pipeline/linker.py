@@ -136,7 +136,8 @@ def link_sequence(
             out.append(np.zeros(0, np.int64))
             misses = misses + 1
             keep = misses <= cfg.gap
-            est, ids, misses = (est[np.flatnonzero(keep)] if est is not None else None), ids[keep], misses[keep]
+            est = est[np.flatnonzero(keep)] if est is not None else None
+            ids, misses = ids[keep], misses[keep]
             continue
         if shape is not None and tuple(masks.shape) != shape:
             raise BadInputError(f"frame {t} of the sequence is {masks.shape[0]}x{masks.shape[1]}, the one "

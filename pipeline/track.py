@@ -116,7 +116,8 @@ def plan_tracks(store_dir: Path, manifest: Manifest, cfg: TrackConfig) -> TrackP
     extra = sorted(set(holder) - listed)
     if extra:
         raise BadInputError(f"{len(extra)} stored frame(s) are not in the manifest, e.g. {extra[0]!r} in "
-                            f"{Path(holder[extra[0]]).name}: track with the manifest the stores were made from")
+                            f"{Path(holder[extra[0]]).name}: track with the manifest the stores were made "
+                            "from")
     missing = [f for f in manifest.frame_ids if f not in holder]
     if missing:
         raise BadInputError(f"{len(missing)} frame(s) of the manifest are in no store, e.g. {missing[0]!r}: "
@@ -143,7 +144,8 @@ def track_sequence(job: SequenceJob, root: str, config: dict) -> dict[str, np.nd
     from unsamflow.pipeline.images import read_rgb
     from unsamflow.pipeline.store import MaskStore
 
-    cfg = TrackConfig.from_dict({k: v for k, v in config.items() if k not in ("manifest_sha256", "sequences")})
+    cfg = TrackConfig.from_dict({k: v for k, v in config.items()
+                                 if k not in ("manifest_sha256", "sequences")})
     if cfg.linker == "sam2":
         from unsamflow.pipeline.sam2_linker import link_sequence_sam2 as link
     else:
@@ -331,7 +333,8 @@ def track_problems(files: list[Path], manifest: Manifest) -> list[str]:
             lines.append(f"shard {path.name}: cannot read its tracks ({exc})")
     if len(configs) > 1:
         kinds = "; ".join(f"{', '.join(sorted(v)[:3])}{' ...' if len(v) > 3 else ''}: "
-                          f"{'no tracks' if k == 'none' else 'tracks ' + k}" for k, v in sorted(configs.items()))
+                          f"{'no tracks' if k == 'none' else 'tracks ' + k}"
+                          for k, v in sorted(configs.items()))
         lines.append(f"stores are not tracked alike ({kinds}); run `pipeline track` on the directory")
     if len(lines) > MAX_TRACK_LINES:
         lines = lines[:MAX_TRACK_LINES] + [f"... and {len(lines) - MAX_TRACK_LINES} more track problems"]

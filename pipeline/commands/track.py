@@ -26,14 +26,14 @@ def track_options(f):
     d = TrackConfig()
 
     @click.option("--linker", type=click.Choice(LINKERS), default=d.linker, show_default=True,
-                  help="flow: carry each track by optical flow before matching; iou: match by IoU at the same "
-                       "place (no flow); sam2: SAM 2's video predictor carries the masks (the [sam2] extra).")
+                  help="flow: carry each track by optical flow before matching; iou: match by IoU at the "
+                       "same place (no flow); sam2: SAM 2's video predictor carries masks ([sam2] extra).")
     @click.option("--flow", default=d.flow, show_default=True, metavar="dis|MODULE:FACTORY",
                   help="The flow of --linker flow: OpenCV DIS, or a plug-in factory returning "
                        "flow(new_rgb, old_rgb) -> (H, W, 2) (e.g. a trained network).")
     @click.option("--flow-option", "-f", "flow_opts", multiple=True, metavar="KEY=VALUE",
-                  help="Option of the flow or linker (dis: preset=ultrafast|fast|medium; sam2: checkpoint=..., "
-                       "model_type=..., device=...).")
+                  help="Option of the flow or linker (dis: preset=ultrafast|fast|medium; sam2: "
+                       "checkpoint=..., model_type=..., device=...).")
     @click.option("--gap", type=click.IntRange(min=0), default=d.gap, show_default=True,
                   help="Frames a track may go unmatched (occluded, missed) and still keep its id.")
     @click.option("--min-iou", type=click.FloatRange(0, 1, min_open=True), default=d.min_iou,

@@ -124,9 +124,9 @@ DESCRIPTIONS = {
                            "derive_config gives the thresholds).",
     "bad/id": "frame id that could not be used (it has no row in frames/*).",
     "bad/reason": "why that frame could not be used.",
-    "tracks/mask_track": "track id of each mask (row for row with masks/*): sequence number (in the manifest) "
-                         "* 2**32 + the track's number within that sequence; the same id in two frames is "
-                         "the same object. Group attribute `config` (JSON) says how they were made.",
+    "tracks/mask_track": "track id of each mask (row for row with masks/*): sequence number (in the "
+                         "manifest) * 2**32 + the track's number within that sequence; the same id in two "
+                         "frames is the same object. Group attribute `config` (JSON): how they were made.",
     "tracks/key_track": "track id of each key object (row for row with derived/key_objects): the track of "
                         "that key object's mask.",
 }
