@@ -71,16 +71,17 @@ def store_path_for(shard_file: Path, store_dir: Path) -> Path:
 
 
 def existing_problem(store: Path, shard: Manifest, spec: SegmenterSpec, derive_config: dict,
-                     full: bool = False) -> str | None:
+                     full: bool = False, check_hashes: bool = True) -> str | None:
     """None when `store` is complete: its bytes match its checksum sidecar (checked before HDF5 opens
     it), it was made from this `shard` (manifest sha256, root, frame ids) and, when `full`, every
-    frame decodes and checks out as in `verify`. Otherwise one line saying why (corrupt, unverifiable,
-    stale). Raises StoreError when it was made by another segmenter or derive config: that is
-    never repaired over."""
+    frame decodes and checks out as in `verify` and every source image still has the sha256 stored
+    with its masks (with not `check_hashes`: those modified after the store was written). Otherwise
+    one line saying why (corrupt, unverifiable, stale). Raises StoreError when it was made by another
+    segmenter or derive config: that is never repaired over."""
     from unsamflow.pipeline.store import MaskStore
     from unsamflow.pipeline.store.index import as_corrupt
     from unsamflow.pipeline.store.integrity import check_store_file
-    from unsamflow.pipeline.verify import provenance_difference, read_frames
+    from unsamflow.pipeline.verify import provenance_difference, read_frames, source_changes
 
     try:
         check_store_file(store)
@@ -106,9 +107,16 @@ def existing_problem(store: Path, shard: Manifest, spec: SegmenterSpec, derive_c
                                   root=shard.root, stored_ids=stored, frame_ids=shard.frame_ids)
     if stale:
         return stale
-    if scan is not None and scan.problems:
-        more = f" (and {len(scan.problems) - 1} more)" if len(scan.problems) > 1 else ""
-        return scan.problems[0] + more
+    if scan is None:
+        return None
+    problems = list(scan.problems)
+    if not problems:  # masks of images that changed since are stale
+        written = None if check_hashes else dict.fromkeys(scan.sha, store.stat().st_mtime_ns)
+        problems = [f"shard {store.name}, {line}"
+                    for line in source_changes(shard, scan.sha, written_ns=written)[1].values()]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return problems[0] + more
     return None
 
 
@@ -123,18 +131,21 @@ class Plan:
 
 
 def plan_shards(
-    shard_files: list[Path], store_dir: Path, spec: SegmenterSpec, derive_config: dict, repair: bool = False
+    shard_files: list[Path], store_dir: Path, spec: SegmenterSpec, derive_config: dict, repair: bool = False,
+    check_hashes: bool = True,
 ) -> Plan:
     """Shards without a store, and (with `repair`) those whose store `verify` would name: corrupt,
-    unverifiable, stale or failing a full read. Without `repair` such a store is refused (StoreError
-    naming every one), never taken as complete nor silently replaced."""
+    unverifiable, stale, failing a full read or made from source images that changed since (all
+    re-hashed; with not `check_hashes` those modified after the store). Without `repair` such a store is
+    refused (StoreError naming every one), never taken as complete nor silently replaced."""
     todo, skipped, done_frames = [], 0, 0
     problems: dict[str, str] = {}
     for sf in shard_files:
         shard = Manifest.load(sf)
         n = len(shard.frames)
         store = store_path_for(sf, store_dir)
-        problem = existing_problem(store, shard, spec, derive_config, full=repair) if store.exists() else ""
+        problem = (existing_problem(store, shard, spec, derive_config, full=repair, check_hashes=check_hashes)
+                   if store.exists() else "")
         if problem is None:
             skipped += 1
             done_frames += n

@@ -177,7 +177,9 @@ def _rest(store: MaskStore, first: int):
 
 def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
            progress: bool = True) -> VerifyReport:
-    """Check every store in `store_dir` and that together they hold each manifest frame exactly once."""
+    """Check every store in `store_dir` and that together they hold each manifest frame exactly once.
+
+    check_hashes=False (`--no-hash`) re-hashes only the sources modified after their store was written."""
     store_dir = Path(store_dir)
     problems: list[str] = []
     bad_shards: dict[str, str] = {}
@@ -187,6 +189,7 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
     shapes: dict[str, tuple[int, int]] = {}  # frame id -> (H, W) stored, for good rows
     located: dict[str, tuple[str, int]] = {}  # frame id -> (store file, row), for the index check
     sidecars: dict[str, str] = {}  # store file -> sha256 recorded at commit
+    mtimes: dict[str, int] = {}  # store file -> st_mtime_ns (for --no-hash: sources newer than it)
     counts = {"shards": 0, "frames": 0, "masks": 0, "bad": 0}
     try:
         files = store_files(store_dir)
@@ -236,6 +239,7 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
         scan = read_frames(store, bar)
         for line in scan.problems:
             shard_problem(path.name, line)
+        mtimes[path.name] = path.stat().st_mtime_ns
         rows.update(scan.sha)
         shapes.update(scan.shapes)
         located.update({fid: (path.name, row) for fid, row in scan.rows.items()})
@@ -262,8 +266,13 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
     for fid in sorted(set(seen) - wanted):
         problems.append(f"extra frame {fid!r} in {', '.join(seen[fid])}: not in the manifest")
 
-    if check_hashes:
-        problems.extend(_check_hashes(manifest, {f: s for f, s in rows.items() if f in wanted}, progress))
+    # A frame whose source changed has stale masks: its shard is bad, so --repair makes it again.
+    written = None if check_hashes else {fid: mtimes[name] for fid, (name, _) in located.items()}
+    unreadable, changed = source_changes(manifest, {f: s for f, s in rows.items() if f in wanted}, progress,
+                                         written)
+    problems.extend(unreadable)
+    for fid, line in changed.items():
+        shard_problem(located[fid][0], f"shard {located[fid][0]}, {line}")
 
     bad_pairs = find_bad_pairs(manifest.pairs, shapes, bad)
     bad_lines = [f"bad frame {fid!r}: {reason}" for fid, reason in sorted(bad.items())]
@@ -323,20 +332,32 @@ def index_problems(store_dir: Path, located: dict[str, tuple[str, int]], bad: di
     return out
 
 
-def _check_hashes(manifest: Manifest, stored: dict[str, str], progress: bool) -> list[str]:
-    out = []
+def source_changes(frames: Manifest, stored: dict[str, str], progress: bool = False,
+                   written_ns: dict[str, int] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(lines for sources that cannot be read, frame id -> line for each source whose bytes differ from
+    the sha256 stored with its masks). `frames`: the manifest or shard that locates the files.
+
+    `written_ns` (frame id -> when its store was written, st_mtime_ns): hash only the sources modified
+    since then (`--no-hash`: a stat per frame instead of reading every image; a source replaced in
+    place is newer than its store). Sources that cannot be read are not reported in that mode."""
+    unreadable: list[str] = []
+    changed: dict[str, str] = {}
     for fid in tqdm(sorted(stored), desc="hash sources", unit="frame", disable=bar_disable(progress)):
         try:
-            path = manifest.path(fid)
+            path = frames.path(fid)
+            if written_ns is not None and path.stat().st_mtime_ns <= written_ns[fid]:
+                continue
             now = file_sha256(path)
         except BadInputError as exc:
-            out.append(f"frame {fid!r}: {exc}")
+            if written_ns is None:
+                unreadable.append(f"frame {fid!r}: {exc}")
             continue
         except OSError as exc:
-            reason = exc.strerror or exc
-            out.append(f"frame {fid!r}: cannot read source image under {manifest.root} ({reason})")
+            if written_ns is None:
+                reason = exc.strerror or exc
+                unreadable.append(f"frame {fid!r}: cannot read source image under {frames.root} ({reason})")
             continue
         if now != stored[fid]:
-            out.append(f"frame {fid!r}: source image changed since it was segmented "
-                       f"(stored sha256 {stored[fid][:12]}..., file now {now[:12]}...)")
-    return out
+            changed[fid] = (f"frame {fid!r}: source image changed since it was segmented "
+                            f"(stored sha256 {stored[fid][:12]}..., file now {now[:12]}...)")
+    return unreadable, changed

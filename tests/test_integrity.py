@@ -381,6 +381,39 @@ def test_damaged_stores_are_refused_by_run_and_exactly_verifys_shards_are_redone
                       "reason": "frame sizes differ (24x32 vs 20x32, HxW)"}]
 
 
+def test_changed_source_images_make_their_shard_bad_and_repair_redoes_exactly_it(tmp_path):
+    """Before: after frames were replaced in place, `verify` named them but listed no bad shard, so
+    `run --repair` redid nothing and exited 1 for ever, and `run --no-hash` exited 0 on stale masks."""
+    from unsamflow.pipeline.layouts import scan
+
+    out = tmp_path / "o"
+    for seq, seed in (("a", 0), ("b", 1)):
+        noise_frames(tmp_path / "data", seq, [(24, 32)] * 2, seed)
+    manifest = scan("folder", tmp_path / "data")
+    manifest.save(tmp_path / "manifest.json")
+    args = ["run", "--manifest", str(tmp_path / "manifest.json"), "--out", str(out), "--shards", "2", *GRID,
+            "--workers", "1", "--no-dashboard", "--pictures", "0", "--no-track"]
+    res = cli(args)
+    assert res.exit_code == 0, res.output
+    stores = out / "stores"
+    noise_frames(tmp_path / "data", "a", [(24, 32)] * 2, seed=7)  # both frames of `a`, replaced in place
+    untouched = stamp(stores / "shard-00001-of-00002.h5")
+    changed = "shard-00000-of-00002.h5"
+    for extra in ([], ["--no-hash"]):
+        res = cli([*args, *extra])
+        assert res.exit_code == 1, (extra, res.output)
+        assert f"shard {changed}, frame 'a/000.png': source image changed since it was" in res.output
+    report = verify(stores, Manifest.load(tmp_path / "manifest.json"), progress=False)
+    assert list(report.bad_shards) == [changed], report.lines
+    res = cli([*args, "--no-hash", "--repair"])
+    assert res.exit_code == 0, res.output
+    assert f"repair {changed}: shard {changed}, frame 'a/000.png': source image changed" in res.output
+    assert "(and 1 more)" in res.output and "1 written, 1 already complete" in res.output
+    assert stamp(stores / "shard-00001-of-00002.h5") == untouched
+    res = cli(args)
+    assert res.exit_code == 0 and "[5/6] verify: ok" in res.output, res.output
+
+
 # -- the index command takes the output lock ------------------------------------------------------------
 
 

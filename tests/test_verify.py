@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -112,7 +113,15 @@ def test_verify_changed_source_image(stores, root):
     path.write_bytes(bytes(data))
     report = verify(stores, manifest(root), progress=False)
     assert len(report.lines) == 1
-    assert report.lines[0].startswith(f"frame '{IDS[1]}': source image changed since it was segmented")
+    store = next(stores.glob("*.h5")).name
+    assert report.lines[0].startswith(f"shard {store}, frame '{IDS[1]}': source image changed since it was "
+                                      "segmented")
+    # Its masks are stale: the shard is bad (what --repair makes again). Before: no bad shard.
+    assert report.bad_shards == {store: report.lines[0]} and not report.only_bad_frames
+    # --no-hash hashes the sources modified after their store was written: this one is.
+    assert verify(stores, manifest(root), check_hashes=False, progress=False).lines == report.lines
+    before = (stores / store).stat().st_mtime_ns - 10**9
+    os.utime(path, ns=(before, before))  # a source as old as its store is not read with --no-hash
     assert verify(stores, manifest(root), check_hashes=False, progress=False).ok
     path.unlink()
     assert "cannot read source image" in verify(stores, manifest(root), progress=False).lines[0]

@@ -45,7 +45,8 @@ from unsamflow.pipeline.segmenters import check_spec
 @click.option("--shards", "num_shards", type=click.IntRange(min=1), default=8, show_default=True,
               help="Number of shards: one store each, the unit of work, retry and resume on the cluster.")
 @click.option("--skip-bad", is_flag=True, help="Exit 0 even when some frames were bad.")
-@click.option("--no-hash", is_flag=True, help="verify: do not re-hash the source images.")
+@click.option("--no-hash", is_flag=True, help="verify (and --repair): re-hash only the source images "
+              "modified after their store was written, not every one.")
 @click.option("--repair", is_flag=True, help="segment: make again every store `verify` would name (corrupt, "
               "without a checksum file, made from other input); without it such a store is refused.")
 @click.option("--pictures", type=click.IntRange(min=0), default=3, show_default=True,
@@ -125,7 +126,7 @@ def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num
 
     click.echo(f"[3/6] segment with {spec.name} (+derive) ...")
     result = run_segment(out / "shards", stores, spec, derive_config, cluster, retries, progress=progress,
-                         repair=repair)
+                         repair=repair, check_hashes=not no_hash)
     stage("segment")
     click.echo(result.summary())
 

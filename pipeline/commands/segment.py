@@ -37,13 +37,14 @@ def shard_files(shards: Path) -> list[Path]:
 
 def run_segment(
     shards: Path, out: Path, spec: SegmenterSpec, derive_config: dict, cluster: ClusterConfig,
-    retries: int, progress: bool = True, repair: bool = False,
+    retries: int, progress: bool = True, repair: bool = False, check_hashes: bool = True,
 ) -> SegmentResult:
     """Segment what `plan_shards` finds to do (with `repair`, also the shards whose stores are damaged,
-    unverifiable or stale: each is named on stderr before it is made again)."""
+    unverifiable or stale, or whose source images changed: each is named on stderr before it is made
+    again; `check_hashes`: see plan_shards)."""
     files = shard_files(shards)
     check_spec(spec)
-    plan = plan_shards(files, out, spec, derive_config, repair)
+    plan = plan_shards(files, out, spec, derive_config, repair, check_hashes)
     for name, why in sorted(plan.repair.items()):
         click.echo(f"repair {name}: {why}", err=True)
     if not plan.todo:  # nothing to do: no cluster to start

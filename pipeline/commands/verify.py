@@ -14,7 +14,8 @@ from unsamflow.pipeline.commands.options import EXIT_CODES, emit_json, human_out
               help="Directory of mask stores (*.h5).")
 @click.option("--manifest", "manifest_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The manifest the stores were made from.")
-@click.option("--no-hash", is_flag=True, help="Skip re-hashing the source images (faster).")
+@click.option("--no-hash", is_flag=True, help="Re-hash only the source images modified after their store "
+              "was written (a stat per frame instead of reading every image).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars; the summary still prints.")
 @json_option
 def verify(store_dir: Path, manifest_file: Path, no_hash: bool, quiet: bool, as_json: bool) -> None:
