@@ -306,3 +306,55 @@ def test_checkpoint_files_refuse_foreign_and_other_versions(tmp_path):
     for name, msg in bad.items():
         with pytest.raises(BadInputError, match=msg):
             load_checkpoint(tmp_path / name)
+
+
+# --- runs that grow: short runs, extension on resume, init_from ------------------------------------------
+
+
+def test_short_run_extended_on_resume_and_a_new_run_initialised_from_it(tiny_train_set, tmp_path):
+    from unsamflow.pipeline.errors import BadInputError
+    from unsamflow.trainer.engine import load_checkpoint
+    from unsamflow.trainer.engine.run import build_trainer, prepare
+
+    run = tmp_path / "run"
+    res = cli(train_cmd(tiny_train_set, run, "optim.iterations=2", "logging.checkpoint_every=0"))
+    assert res.exit_code == 0 and "trained 2 iterations" in res.output, res.output  # 3 stages in 2 steps
+    # --resume with a longer schedule: explicit, logged, recorded in the checkpoint and config.yaml
+    res = cli(["train", "--out", str(run), "--resume", "optim.iterations=4"])
+    assert res.exit_code == 0, res.output
+    assert "schedule extended from 2 to 4 iterations at iteration 2: learning rate" in res.output
+    assert "trained 4 iterations (resumed at 2)" in res.output
+    ck = load_checkpoint(run / "checkpoints" / "ckpt_0000004.pt")
+    assert ck["schedule_extensions"] == [{"at": 2, "from": 2, "to": 4}] and ck["stage"] == 2
+    assert "iterations: 4" in (run / "config.yaml").read_text()
+    res = cli(["train", "--out", str(run), "--resume", "data.crop=[64,64]"])
+    assert res.exit_code == 2 and "data.crop cannot change in a resumed run" in res.output
+    res = cli(["train", "--out", str(run), "--resume", "optim.iterations=3"])
+    assert res.exit_code == 2 and "before the checkpoint's iteration 4" in res.output
+    # a new run from the run's weights only (its folder: the latest checkpoint)
+    cfg = tiny_config(tiny_train_set, "optim.iterations=2", f"model.init_from={run}")
+    p = prepare(cfg, tmp_path / "ft")
+    assert any("initialised the network from" in n for n in p.notes)
+    trainer = build_trainer(p, with_hooks=False)
+    assert trainer.iteration == 0
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, ck["model"][k]), k
+    # strict by default: a file missing some weights and holding others fails listing them by name
+    partial = tmp_path / "partial.pt"
+    from unsamflow.trainer.engine.checkpoint import save_checkpoint
+
+    weights = {k: v for k, v in ck["model"].items() if not k.startswith("upsampler.")}
+    weights["extra.weight"] = torch.zeros(3)
+    save_checkpoint(partial, {"config": {}, "model_args": {}, "model": weights})
+    res = cli(train_cmd(tiny_train_set, tmp_path / "ft2", f"model.init_from={partial}"))
+    assert res.exit_code == 2 and "missing" in res.output and "upsampler." in res.output, res.output
+    assert "unexpected 1: extra.weight" in res.output and not (tmp_path / "ft2").exists()
+    p = prepare(tiny_config(tiny_train_set, f"model.init_from={partial}", "model.init_strict=false"),
+                tmp_path / "ft3")  # fmt: skip
+    assert "left at initial values (missing): upsampler." in " ".join(p.notes)
+    # weights of another shape (another model configuration) fail even when not strict
+    save_checkpoint(partial, {"config": {}, "model_args": {},
+                              "model": {**ck["model"], "conv_1x1.0.0.weight": torch.zeros(1)}})
+    with pytest.raises(BadInputError, match="another shape: conv_1x1.0.0.weight"):
+        prepare(tiny_config(tiny_train_set, f"model.init_from={partial}", "model.init_strict=false"),
+                tmp_path / "ft4")

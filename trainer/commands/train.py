@@ -13,16 +13,22 @@ from unsamflow.pipeline.errors import BadInputError
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder: config.yaml, checkpoints/, tensorboard/, metrics.jsonl.")
 @click.option("--resume", is_flag=True,
-              help="Continue the run in --out from its latest checkpoint (config taken from it).")
+              help="Continue the run in --out from its latest checkpoint (config taken from it); "
+                   "optim.iterations=N extends it (logged), logging.* may change.")
 def train(preset, overrides, run_dir, resume) -> None:
-    """Train with a preset and key=value overrides, e.g. optim.iterations=1000 data.root=/data.
+    """Train with a preset and key=value overrides, e.g. optim.iterations=1000 data.roots=/data.
 
     \b
     Examples:
-      python -m trainer train --preset cpu-demo data.root=demo/data data.masks=demo/masks --out runs/demo
-      python -m trainer train --out runs/demo --resume
+      python -m unsamflow.trainer train --preset cpu-demo data.roots=demo/data \
+          data.masks=demo/masks/stores --out runs/demo
+      python -m unsamflow.trainer train --out runs/demo --resume
+      python -m unsamflow.trainer train --out runs/demo --resume optim.iterations=400   # extend
+      python -m unsamflow.trainer train --preset kitti-aug-hg-mf model.init_from=runs/demo ... --out runs/ft
       torchrun --nproc-per-node 4 -m unsamflow.trainer train --preset kitti-aug-hg-mf ... --out runs/k
     optim.batch_size is the global batch: each of the N processes takes batch_size / N.
+    model.init_from=CHECKPOINT starts a new run from those weights only (strict; model.init_strict=false
+    loads the matching ones).
     """
     from unsamflow.trainer.config import load_config
     from unsamflow.trainer.engine import distributed
@@ -31,11 +37,12 @@ def train(preset, overrides, run_dir, resume) -> None:
 
     if preset is None and not resume:
         raise BadInputError("--preset NAME is needed for a new run (python -m trainer presets lists them)")
-    if overrides and preset is None:
-        raise BadInputError(f"overrides {' '.join(overrides)} need --preset (a resumed run keeps its config)")
+    if overrides and preset is None and not resume:
+        raise BadInputError(f"overrides {' '.join(overrides)} need --preset")
     cfg = load_config(preset, overrides) if preset is not None else None
+    resume_overrides = overrides if preset is None else ()
     try:
-        summary = run_training(prepare(cfg, run_dir, resume=resume))
+        summary = run_training(prepare(cfg, run_dir, resume=resume, resume_overrides=resume_overrides))
     finally:
         distributed.cleanup()
     if summary["rank"] != 0:

@@ -83,11 +83,14 @@ class DataConfig(Section):
 
 @dataclass(frozen=True)
 class ModelConfig(Section):
-    """PWCLite's constructor arguments."""
+    """PWCLite's constructor arguments, and the weights a new run starts from."""
 
     mask_features: bool = False  # the mask feature module (+mf)
     search_range: int = field(4, check=within(1, 8))
     num_levels: int = field(5, check=within(1, MAX_LEVELS))
+    # fine-tuning: a checkpoint whose network weights (only) a new run starts from; a resumed run ignores it
+    init_from: str | None = None
+    init_strict: bool = True  # every weight must match by name and shape; false: load the matching ones
     # "pytorch": PyTorch's default initialisation, what the reference effectively trains from (see PWCLite);
     # "kaiming": ARFlow's He-normal weights (untrained flows ~20x larger).
     init: Literal["pytorch", "kaiming"] = "pytorch"
@@ -246,13 +249,14 @@ class TrainConfig(Section):
         if self.stages[0].start != 0:
             start = self.stages[0].start
             raise ConfigError("stages.0.start", f"the first stage must start at 0, got {start:g}")
-        starts = stage_starts(self)
+        # Starts are fractions of the run, so they scale with optim.iterations; in a run so short that two
+        # starts round to the same iteration the earlier stage is skipped (optim.iterations=2 still runs).
         for i in range(1, len(self.stages)):
-            if starts[i] <= starts[i - 1]:
+            if self.stages[i].start <= self.stages[i - 1].start:
                 raise ConfigError(
                     f"stages.{i}.start",
                     f"must be after stages.{i - 1}.start ({self.stages[i - 1].start:g}), "
-                    f"got {self.stages[i].start:g} (iteration {starts[i]} of {self.optim.iterations})",
+                    f"got {self.stages[i].start:g}",
                 )
         for i, s in enumerate(self.stages):
             if s.key_aug and self.data.max_key_objects == 0:
@@ -260,7 +264,7 @@ class TrainConfig(Section):
 
 
 def stage_starts(cfg: TrainConfig) -> list[int]:
-    """The first iteration (0-based) of each stage."""
+    """The first iteration (0-based) of each stage (equal starts: the earlier stage is skipped)."""
     return [round(s.start * cfg.optim.iterations) for s in cfg.stages]
 
 

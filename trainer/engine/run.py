@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,9 @@ class Prepared:
     train_set: Any
     evaluate: Any
     checkpoint: dict[str, Any] | None
+    init_weights: dict[str, Any] | None = None  # model.init_from's weights (a new run only)
+    notes: list[str] = field(default_factory=list)  # lines the run logs when it starts (init, extension)
+    extension: dict[str, int] | None = None  # a resumed run's schedule extension: {"at", "from", "to"}
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -142,13 +146,20 @@ def run_holds(run_dir: Path) -> list[str]:
     return [str(p) for p in found if p.exists()]
 
 
-def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: str | None = None) -> Prepared:
-    """Check everything a run needs (resume: take the config from the run's latest checkpoint).
-    Joins the torch.distributed group when launched by torchrun (init_method: see init_distributed)."""
+# What `--resume KEY=VALUE` may change: the length of the schedule and how often things are logged.
+RESUME_KEYS = ("optim.iterations", "logging.")
+
+
+def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: str | None = None,
+            resume_overrides: Sequence[str] = ()) -> Prepared:  # fmt: skip
+    """Check everything a run needs (resume: take the config from the run's latest checkpoint; then
+    `resume_overrides` may extend optim.iterations or change logging.*). Joins the torch.distributed group
+    when launched by torchrun (init_method: see init_distributed)."""
     from unsamflow.trainer.config import config_from_dict, config_to_dict
 
     run_dir = Path(run_dir)
     checkpoint = None
+    extension = None
     if resume:
         latest = latest_checkpoint(run_dir / CHECKPOINTS)
         if latest is None:
@@ -163,6 +174,8 @@ def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: st
                                 f"{', '.join(diff[:8])}; resume without --preset/overrides or start a "
                                 "new run")  # fmt: skip
         cfg = saved
+        if resume_overrides:
+            cfg, extension = _resume_changes(saved, resume_overrides, checkpoint["iteration"], latest)
     elif run_holds(run_dir):
         raise BadInputError(f"{run_dir} already holds a run ({', '.join(run_holds(run_dir))}); use --resume "
                             "to continue it or choose another --out")  # fmt: skip
@@ -177,7 +190,40 @@ def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: st
         raise BadInputError(f"data.dataset: {cfg.data.dataset!r} has {len(train_set)} usable pairs, fewer "
                             f"than one batch ({per_rank} per process x {dist.world_size})")  # fmt: skip
     evaluate = build_evaluator(cfg, device)
-    return Prepared(cfg, run_dir, dist, device, train_set, evaluate, checkpoint)
+    p = Prepared(cfg, run_dir, dist, device, train_set, evaluate, checkpoint, extension=extension)
+    if checkpoint is None and cfg.model.init_from:
+        from unsamflow.trainer.engine.init_from import describe, load_init_weights, match_weights
+        from unsamflow.trainer.model import PWCLite
+
+        weights = load_init_weights(cfg.model.init_from)
+        missing, unexpected = match_weights(PWCLite(**model_args(cfg)), weights, cfg.model.init_strict,
+                                            cfg.model.init_from)  # fmt: skip
+        p.init_weights = weights
+        p.notes.append(describe(cfg.model.init_from, weights, missing, unexpected))
+    return p
+
+
+def _resume_changes(saved: Any, overrides: Sequence[str], iteration: int,
+                    latest: Path) -> tuple[Any, dict[str, int] | None]:  # fmt: skip
+    """The resumed run's config with `overrides` applied (only RESUME_KEYS), and the schedule extension."""
+    from unsamflow.trainer.config import config_from_dict, config_to_dict
+    from unsamflow.trainer.config.loader import apply_override
+
+    data = config_to_dict(saved)
+    for item in overrides:
+        apply_override(data, item)
+    new = config_from_dict(data)
+    changed = _diff(config_to_dict(saved), config_to_dict(new))
+    refused = [k for k in changed if not k.startswith(RESUME_KEYS)]
+    if refused:
+        raise BadInputError(f"--resume: {', '.join(refused)} cannot change in a resumed run ({latest}); only "
+                            "optim.iterations (to extend it) and logging.* can; start a new run, e.g. with "
+                            f"model.init_from={latest} to keep the weights")  # fmt: skip
+    old, total = saved.optim.iterations, new.optim.iterations
+    if total < iteration:
+        raise BadInputError(f"--resume: optim.iterations={total} is before the checkpoint's iteration "
+                            f"{iteration} ({latest})")  # fmt: skip
+    return new, ({"at": iteration, "from": old, "to": total} if total != old else None)
 
 
 def _wants_cuda(cfg: Any) -> bool:
@@ -212,7 +258,7 @@ def build_trainer(p: Prepared, with_hooks: bool = True) -> Trainer:
     """Model, optimiser, objective, data stream and hooks, restored from `p.checkpoint` when resuming.
     with_hooks=False: a bare trainer that writes nothing (benchmarks, tests)."""
     from unsamflow.trainer.augment import KeyObjectCache
-    from unsamflow.trainer.config import config_to_dict, stage_at
+    from unsamflow.trainer.config import config_to_dict, stage_at, stage_starts
     from unsamflow.trainer.data import build_loader, set_epoch
     from unsamflow.trainer.model import PWCLite
 
@@ -230,10 +276,21 @@ def build_trainer(p: Prepared, with_hooks: bool = True) -> Trainer:
              if any(s.key_aug for s in cfg.stages) else None)  # fmt: skip
 
     start, epoch, position = 0, 0, 0
+    if ck is None and p.init_weights is not None:  # model.init_from (checked in prepare)
+        model.load_state_dict(p.init_weights, strict=False)
     if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
+        if p.extension is None:
+            scheduler.load_state_dict(ck["scheduler"])
+        else:
+            was = optimizer.param_groups[0]["lr"]
+            _relay_schedule(scheduler, ck["iteration"])
+            e, starts, now = p.extension, stage_starts(cfg), optimizer.param_groups[0]["lr"]
+            p.notes.append(f"--resume: schedule extended from {e['from']} to {e['to']} iterations at "
+                           f"iteration {e['at']}: learning rate {was:.3g} -> {now:.3g} "
+                           f"({cfg.optim.schedule} re-laid over {e['to']} iterations); stage starts now "
+                           f"{starts}, stage {ck['stage']} (reached) stays on")  # fmt: skip
         scaler.load_state_dict(ck.get("scaler", {}))
         start, epoch, position = ck["iteration"], ck["data"]["epoch"], ck["data"]["position"]
         mine = _rank_state(ck, dist)
@@ -254,12 +311,21 @@ def build_trainer(p: Prepared, with_hooks: bool = True) -> Trainer:
 
     timer = PhaseTimer(device)
     stream = BatchStream(make_loader, device, epoch, position)
+    floor = ck["stage"] if ck is not None and p.extension is not None else 0  # reached stages stay on
+
+    def stage_in_force(it: int) -> tuple[int, Any]:
+        index, stage = stage_at(cfg, it)
+        return (index, stage) if index >= floor else (floor, cfg.stages[floor])
+
     trainer = Trainer(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                       objective=Objective(cfg, generator, cache, timer), data=stream,
-                      stage_at=lambda it: stage_at(cfg, it), max_iter=cfg.optim.iterations,
+                      stage_at=stage_in_force, max_iter=cfg.optim.iterations,
                       clip=cfg.optim.clip, timer=timer, start_iteration=start)  # fmt: skip
     if not with_hooks:
         return trainer
+
+    extensions = [*(ck.get("schedule_extensions", []) if ck is not None else []),
+                  *([p.extension] if p.extension is not None else [])]  # fmt: skip
 
     def state_fn(tr: Trainer) -> dict[str, Any]:
         ranks = all_gather_objects({"rng": capture_rng({"augment": generator}),
@@ -271,6 +337,7 @@ def build_trainer(p: Prepared, with_hooks: bool = True) -> Trainer:
             "scaler": tr.scaler.state_dict(), "iteration": tr.iteration, "stage": tr.stage_index,
             "data": stream.state_dict(), "world_size": dist.world_size,
             "rng": ranks[0]["rng"], "key_cache": ranks[0]["key_cache"], "other_ranks": ranks[1:],
+            "schedule_extensions": extensions,
         }
 
     lg = cfg.logging
@@ -294,11 +361,13 @@ def train(p: Prepared) -> dict[str, Any]:
         p.run_dir.mkdir(parents=True, exist_ok=True)
         for tmp in (p.run_dir / CHECKPOINTS).glob(".*.pt.tmp-*"):  # left by a killed run's save
             tmp.unlink(missing_ok=True)
-        if p.checkpoint is None:
+        if p.checkpoint is None or p.extension is not None:  # an extension rewrites the run's config
             text = yaml.safe_dump(config_to_dict(p.cfg), sort_keys=False)
             write_bytes_atomic(p.run_dir / CONFIG_FILE, text.encode())
     distributed.barrier()
     trainer = build_trainer(p)
+    for note in p.notes:
+        trainer.logger.write(note)
     start = trainer.iteration
     t0 = time.perf_counter()
     try:
@@ -315,6 +384,15 @@ def train(p: Prepared) -> dict[str, Any]:
         "checkpoint": str(written[-1] if written else p.run_dir / CHECKPOINTS / LATEST),
         "world_size": p.dist.world_size, "rank": p.dist.rank,
     }
+
+
+def _relay_schedule(scheduler: Any, iteration: int) -> None:
+    """Put a freshly built scheduler (over the extended length) at `iteration`: the learning rate becomes
+    the new schedule's value there (OneCycle re-laid over the new length; constant stays constant)."""
+    with warnings.catch_warnings():  # "step() before optimizer.step()": deliberate, nothing is skipped
+        warnings.simplefilter("ignore")
+        scheduler.last_epoch = iteration - 1
+        scheduler.step()
 
 
 def _rank_state(ck: dict[str, Any], dist: DistInfo) -> dict[str, Any]:
