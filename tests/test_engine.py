@@ -187,7 +187,8 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tiny_train_set, tmp_path):
     assert (full / "config.yaml").is_file() and "trained 6 iterations in" in ran.stdout
     assert any((full / "tensorboard").iterdir())
     assert sorted(p.name for p in (full / "checkpoints").iterdir()) == [
-        "ckpt_0000002.pt", "ckpt_0000004.pt", "ckpt_0000006.pt", "latest.pt"]
+        "ckpt_0000002.pt", "ckpt_0000002.pt.sha256", "ckpt_0000004.pt", "ckpt_0000004.pt.sha256",
+        "ckpt_0000006.pt", "ckpt_0000006.pt.sha256", "latest.pt", "latest.pt.sha256"]
 
 
 # --- distributed ----------------------------------------------------------------------------------
@@ -306,6 +307,39 @@ def test_checkpoint_files_refuse_foreign_and_other_versions(tmp_path):
     for name, msg in bad.items():
         with pytest.raises(BadInputError, match=msg):
             load_checkpoint(tmp_path / name)
+
+
+def test_checkpoint_checksum_is_written_and_checked_on_load(tmp_path, capfd):
+    """Before: a flipped byte changed a weight by 0.0078 and `train --resume`, `evaluate`, `infer` and
+    `report` all loaded it (they load through load_checkpoint / model_from_checkpoint)."""
+    import hashlib
+
+    from unsamflow.pipeline.errors import BadInputError
+    from unsamflow.trainer.engine import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from unsamflow.trainer.engine.hooks import link_latest
+    from unsamflow.trainer.model import PWCLite
+
+    net = PWCLite(num_levels=2)
+    path = save_checkpoint(tmp_path / "ckpt_0000001.pt", {"config": {}, "model_args": {"num_levels": 2},
+                                                          "model": net.state_dict()})  # fmt: skip
+    side = tmp_path / "ckpt_0000001.pt.sha256"
+    assert side.read_text() == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  ckpt_0000001.pt\n"
+    latest = link_latest(path)
+    assert (tmp_path / "latest.pt.sha256").read_text().split()[0] == side.read_text().split()[0]
+    load_checkpoint(latest)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the weights: torch itself reads the file without complaint
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)
+    for load in (load_checkpoint, model_from_checkpoint):
+        with pytest.raises(BadInputError, match=r"ckpt_0000001.pt is corrupt: its sha256 .* differs"):
+            load(path)
+    # Without a checksum file (older or foreign): loaded, with one line saying so.
+    side.unlink()
+    capfd.readouterr()
+    load_checkpoint(path)
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "has no checksum file ckpt_0000001.pt.sha256" in err, err
 
 
 # --- runs that grow: short runs, extension on resume, init_from ------------------------------------------

@@ -4,19 +4,30 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so t
 ``torch.load(weights_only=True)`` can read it: random-number states are stored as tensors and lists
 (``capture_rng``), never as pickled objects. ``format`` and ``format_version`` say what the file is;
 a file without them, or from another version, is refused with a message that names it.
+
+Beside each checkpoint ``<name>.sha256`` holds its sha256 in ``sha256sum``'s format (``sha256sum -c``
+reads it), written after the rename (the old one removed first, so a checksum never describes another
+file). Loading checks the file against it: a flipped byte changed a weight by 0.0078 and every command
+took it. A checkpoint without one (older, foreign, or its writer died right after the rename) loads
+with a one-line notice. A save that finds the disk full says so, naming the folder, and leaves the
+earlier checkpoints as they were.
 """
 
 from __future__ import annotations
 
+import errno
 import random
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from unsamflow import __version__
-from unsamflow.pipeline.atomic import replace_atomic, temp_path
-from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.atomic import replace_atomic, temp_path, write_bytes_atomic
+from unsamflow.pipeline.errors import BadInputError, PipelineError
+from unsamflow.pipeline.images import file_sha256
 
 FORMAT = "unsamflow-checkpoint"
 FORMAT_VERSION = 1
@@ -28,34 +39,123 @@ def checkpoint_name(iteration: int) -> str:
     return f"ckpt_{iteration:07d}.pt"
 
 
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def checksum_path(path: str | Path) -> Path:
+    """`ckpt_0000100.pt` -> `ckpt_0000100.pt.sha256`."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(path: str | Path, sha256: str) -> Path:
+    """Record `sha256` as `path`'s checksum (sha256sum's line: the hex digest, two spaces, the name)."""
+    path = Path(path)
+    return write_bytes_atomic(checksum_path(path), f"{sha256}  {path.name}\n".encode())
+
+
+def read_checksum(path: str | Path) -> str | None:
+    """The sha256 recorded beside `path`, or None when there is none; BadInputError when unreadable."""
+    side = checksum_path(path)
+    try:
+        text = side.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"checkpoint {path}: its checksum file {side.name} is unreadable ({exc})"
+                            ) from None
+    digest = text.split(maxsplit=1)[0] if text.strip() else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise BadInputError(f"checkpoint {path}: its checksum file {side.name} is malformed")
+    return digest
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _disk_full(exc: BaseException, folder: Path, need: int) -> bool:
+    """Did this write fail for lack of space? ENOSPC / EDQUOT, or torch's own words for a short write
+    ("unexpected pos ...", "file write failed") while the folder has less free space than the file."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return False
+    return isinstance(exc, RuntimeError) and free < need
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` (plus format, format_version, library_version) to `path` atomically.
+    """Write `state` (plus format, format_version, library_version) to `path` atomically, and its
+    checksum beside it.
 
     The file appears complete or not at all: it is built under a temporary name in the same folder
-    and renamed, so a run killed mid-save leaves the previous checkpoint intact.
+    and renamed, so a run killed mid-save leaves the previous checkpoint intact. A full disk is a
+    PipelineError "no space left on FOLDER" (the CLI's exit status 2), not torch's own message.
     """
+    from unsamflow.pipeline.masks import fmt_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__, **state}
     tmp = temp_path(path)
     try:
         torch.save(full, tmp)
-        return replace_atomic(tmp, path)
+        sha = file_sha256(tmp)
+        checksum_path(path).unlink(missing_ok=True)  # never a checksum describing the file being replaced
+        replace_atomic(tmp, path)
+        write_checksum(path, sha)
+        return path
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        need = _tensor_bytes(full)
+        if _disk_full(exc, path.parent, need):
+            free = shutil.disk_usage(path.parent).free
+            raise PipelineError(
+                f"no space left on {path.parent} for checkpoint {path.name} (about {fmt_bytes(need)} needed, "
+                f"{fmt_bytes(free)} free); the earlier checkpoints are kept: free some space and "
+                "resume with --resume") from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def check_checksum(path: str | Path) -> None:
+    """BadInputError when `path` differs from the checksum recorded beside it; a one-line notice on
+    stderr when it has none (it is then loaded unchecked)."""
+    path = Path(path)
+    recorded = read_checksum(path)
+    if recorded is None:
+        print(f"note: checkpoint {path} has no checksum file {checksum_path(path).name} (written before "
+              "unsamflow recorded them, or elsewhere): loading it unchecked", file=sys.stderr)
+        return
+    now = file_sha256(path)
+    if now != recorded:
+        raise BadInputError(
+            f"checkpoint {path} is corrupt: its sha256 {now[:12]}... differs from the one recorded when it "
+            f"was written ({recorded[:12]}..., {checksum_path(path).name}); use an earlier checkpoint")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint` (weights_only: no code runs while loading).
 
-    Raises BadInputError naming the file when it is missing, not a torch file, foreign (no unsamflow
-    format tag) or of another format version.
+    Raises BadInputError naming the file when it is missing, differs from its checksum, is not a torch
+    file, is foreign (no unsamflow format tag) or of another format version.
     """
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise BadInputError(f"checkpoint {path} {what}")
+    check_checksum(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for junk: UnpicklingError, RuntimeError, struct.error

@@ -22,7 +22,10 @@ LATEST = "latest.pt"
 
 
 def link_latest(path: Path) -> Path:
-    """Point checkpoints/latest.pt at `path` atomically (a hard link; a copy where links fail)."""
+    """Point checkpoints/latest.pt at `path` atomically (a hard link; a copy where links fail), with
+    `path`'s checksum beside it (the old one removed first, so it never describes another file)."""
+    from unsamflow.trainer.engine.checkpoint import checksum_path, read_checksum, write_checksum
+
     latest = path.with_name(LATEST)
     tmp = temp_path(latest)
     tmp.unlink(missing_ok=True)
@@ -32,7 +35,12 @@ def link_latest(path: Path) -> Path:
         import shutil
 
         shutil.copyfile(path, tmp)
-    return replace_atomic(tmp, latest)
+    sha = read_checksum(path)
+    checksum_path(latest).unlink(missing_ok=True)
+    replace_atomic(tmp, latest)
+    if sha is not None:
+        write_checksum(latest, sha)
+    return latest
 
 
 class CheckpointHook(HookBase):
