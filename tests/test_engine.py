@@ -351,8 +351,13 @@ def test_short_run_extended_on_resume_and_a_new_run_initialised_from_it(tiny_tra
     from unsamflow.trainer.engine.run import build_trainer, prepare
 
     run = tmp_path / "run"
-    res = cli(train_cmd(tiny_train_set, run, "optim.iterations=2", "logging.checkpoint_every=0"))
+    res = cli(train_cmd(tiny_train_set, run, "optim.iterations=2", "logging.checkpoint_every=0",
+                        "logging.progress_seconds=0"))  # fmt: skip
     assert res.exit_code == 0 and "trained 2 iterations" in res.output, res.output  # 3 stages in 2 steps
+    # no terminal (CliRunner, nohup, SLURM): one whole progress line per report on stderr
+    lines = [x for x in res.output.splitlines() if x.startswith("train it ")]
+    assert [x.split(" |")[0] for x in lines] == ["train it 1/2 (50%) stage 1", "train it 2/2 (100%) stage 1"]
+    assert "photometric=" in lines[1] and "it/s, ETA" in lines[1]
     # --resume with a longer schedule: explicit, logged, recorded in the checkpoint and config.yaml
     res = cli(["train", "--out", str(run), "--resume", "optim.iterations=4"])
     assert res.exit_code == 0, res.output

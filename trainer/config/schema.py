@@ -210,6 +210,8 @@ class LoggingConfig(Section):
     image_every: int = field(5000, check=at_least(0))
     checkpoint_every: int = field(10_000, check=at_least(0))
     eval_every: int = field(10_000, check=at_least(0))  # on data.val_dataset
+    # without a terminal (nohup, SLURM) a progress line goes to stderr every this many seconds (0 = each step)
+    progress_seconds: float = field(30.0, check=at_least(0))
 
 
 @dataclass(frozen=True)

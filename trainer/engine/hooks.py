@@ -98,7 +98,7 @@ class LoggingHook(HookBase):
             self.logger.scalars(it, {"lr": lr, "stage": trainer.stage_index})
             if trainer.grad_norm is not None:
                 self.logger.scalars(it, {"grad_norm": float(trainer.grad_norm)})
-        self.logger.step(it, self.last)
+        self.logger.step(it, self.last, trainer.stage_index)
         if self.image_every and it % self.image_every == 0 and self.logger.enabled:
             b, flow = trainer.batch, result.pseudo
             self.logger.images(it, step_pictures(b["img1"], b["img2"], b["full_seg1"], flow, result.occ1,

@@ -1,4 +1,5 @@
-"""What a run reports: TensorBoard scalars and pictures, a tqdm bar, and metrics.jsonl.
+"""What a run reports: TensorBoard scalars and pictures, a tqdm bar (or, without a terminal, a progress
+line on stderr every `progress_seconds`), and metrics.jsonl.
 
 Only the main process (rank 0) writes. On resume everything logged after the checkpoint's iteration
 (by the run that was killed) is dropped first: TensorBoard events by `purge_step`, metrics.jsonl lines
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,14 @@ class RunLogger:
     """TensorBoard + tqdm + metrics.jsonl of one run; a no-op object on ranks other than 0."""
 
     def __init__(self, run_dir: str | Path, total: int, start: int = 0, enabled: bool = True,
-                 tensorboard: bool = True):  # fmt: skip
+                 tensorboard: bool = True, progress_seconds: float = 30.0):  # fmt: skip
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.writer = None
         self.bar = None
+        self.total, self.start = total, start
+        self.progress_seconds = progress_seconds
+        self._t0 = self._last_line = time.monotonic()
         if not enabled:
             return
         truncate_metrics(self.run_dir / METRICS_FILE, start)
@@ -63,11 +68,32 @@ class RunLogger:
         for k, v in values.items():
             self.writer.add_scalar(f"{prefix}{k}", float(v), iteration)
 
-    def step(self, iteration: int, losses: dict[str, float]) -> None:
-        """Advance the bar by one step and show the current losses."""
+    def step(self, iteration: int, losses: dict[str, float], stage: int | None = None) -> None:
+        """Advance the bar by one step and show the current losses; without a bar, print a progress line
+        every `progress_seconds` and at the last step (a log file then shows the run is alive)."""
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in losses.items()}, refresh=False)
+            return
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last_line < self.progress_seconds and iteration < self.total:
+            return
+        self._last_line = now
+        print(self.progress_line(iteration, losses, stage, now), file=sys.stderr, flush=True)
+
+    def progress_line(self, iteration: int, losses: dict[str, float], stage: int | None, now: float) -> str:
+        """`train it 120/200 (60%) stage 1 | total=0.41 photometric=0.38 | 2.31 it/s, ETA 0:00:34`."""
+        from unsamflow.trainer.progress import format_duration
+
+        done = iteration - self.start
+        rate = done / max(now - self._t0, 1e-9)
+        eta = format_duration((self.total - iteration) / rate) if rate > 0 else "?"
+        terms = " ".join(f"{k}={v:.4g}" for k, v in losses.items()) or "-"
+        where = f" stage {stage}" if stage is not None else ""
+        return (f"train it {iteration}/{self.total} ({100 * iteration / max(self.total, 1):.0f}%){where} | "
+                f"{terms} | {rate:.2f} it/s, ETA {eta}")
 
     def images(self, iteration: int, pictures: dict[str, np.ndarray]) -> None:
         """HxWx3 uint8 pictures (see `step_pictures`)."""

@@ -342,7 +342,7 @@ def build_trainer(p: Prepared, with_hooks: bool = True) -> Trainer:
 
     lg = cfg.logging
     trainer.logger = RunLogger(p.run_dir, cfg.optim.iterations, start, enabled=dist.is_main,
-                               tensorboard=lg.tensorboard)  # fmt: skip
+                               tensorboard=lg.tensorboard, progress_seconds=lg.progress_seconds)  # fmt: skip
     trainer.hooks = [LoggingHook(trainer.logger, lg.every, lg.image_every)]
     if p.evaluate is not None:
         trainer.hooks.append(EvalHook(trainer.logger, lg.eval_every, p.evaluate))
