@@ -342,6 +342,41 @@ def test_checkpoint_checksum_is_written_and_checked_on_load(tmp_path, capfd):
     assert err.count("\n") == 1 and "has no checksum file ckpt_0000001.pt.sha256" in err, err
 
 
+def test_checkpoint_on_a_full_disk_says_so_and_keeps_the_earlier_ones(tiny_train_set, tmp_path):
+    """A real full disk: a tmpfs with room for one checkpoint and a half, mounted in a private mount
+    namespace (`unshare`, no root needed). Before: torch's "unexpected pos 7522432 vs 7522320" and a
+    traceback. Now one line naming the folder, exit 2, the first checkpoint intact, no temporary left."""
+    import shutil as sh
+
+    if sh.which("unshare") is None:
+        pytest.skip("needs util-linux unshare to mount a small tmpfs")
+    from unsamflow.trainer.engine.run import model_args
+    from unsamflow.trainer.model import PWCLite
+
+    cmd = [sys.executable, "-m", "unsamflow.trainer"]
+    # A checkpoint is about the weights and Adam's two moments: 12 bytes per parameter.
+    size = 12 * sum(p.numel() for p in PWCLite(**model_args(tiny_config(tiny_train_set))).parameters())
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    train = " ".join(f"'{a}'" for a in cmd + train_cmd(tiny_train_set, disk / "run", "optim.iterations=2",
+                                                            "logging.checkpoint_every=1"))
+    check = (f"{sys.executable} -c 'import sys; from unsamflow.trainer.engine import load_checkpoint; "
+             f"print(\"kept\", load_checkpoint(sys.argv[1])[\"iteration\"])' "
+             f"{disk}/run/checkpoints/latest.pt")
+    script = (f"mount -t tmpfs -o size={size * 3 // 2 + (64 << 10)} none {disk} || exit 99; {train}; "
+              f"echo rc=$?; ls -a {disk}/run/checkpoints; {check}")
+    proc = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    if proc.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {proc.stderr.strip()}")
+    out = proc.stdout + proc.stderr
+    assert "rc=2" in out, out
+    assert f"error: no space left on {disk}/run/checkpoints for checkpoint ckpt_0000002.pt" in out, out
+    assert "Traceback" not in out and "unexpected pos" not in out, out
+    listing = proc.stdout.split("rc=2")[1]
+    assert "kept 1" in listing and ".tmp-" not in listing and "ckpt_0000002.pt" not in listing, out
+
+
 # --- runs that grow: short runs, extension on resume, init_from ------------------------------------------
 
 

@@ -118,11 +118,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         tmp.unlink(missing_ok=True)
         need = _tensor_bytes(full)
         if _disk_full(exc, path.parent, need):
-            free = shutil.disk_usage(path.parent).free
             raise PipelineError(
-                f"no space left on {path.parent} for checkpoint {path.name} (about {fmt_bytes(need)} needed, "
-                f"{fmt_bytes(free)} free); the earlier checkpoints are kept: free some space and "
-                "resume with --resume") from None
+                f"no space left on {path.parent} for checkpoint {path.name} (about {fmt_bytes(need)} "
+                "needed); the earlier checkpoints are kept: free some space and resume with --resume"
+            ) from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
