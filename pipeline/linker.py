@@ -72,7 +72,8 @@ class TrackConfig:
 
 
 def pixel_rows(masks: CropMasks) -> sp.csr_matrix:
-    """(N, H*W) bool CSR: row i holds the flat pixel indices of mask i."""
+    """(N, H*W) CSR of ones (int32, so products count pixels without a cast): row i holds the flat pixel
+    indices of mask i, sorted."""
     H, W = masks.shape
     indices, counts = [], []
     for (y, x, _, _), crop in zip(np.asarray(masks.boxes, np.int64).reshape(-1, 4), masks.crops, strict=True):
@@ -81,7 +82,9 @@ def pixel_rows(masks: CropMasks) -> sp.csr_matrix:
         counts.append(len(ys))
     idx = np.concatenate(indices) if indices else np.zeros(0, np.int64)
     indptr = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-    return sp.csr_matrix((np.ones(len(idx), bool), idx, indptr), shape=(len(counts), H * W))
+    out = sp.csr_matrix((np.ones(len(idx), np.int32), idx, indptr), shape=(len(counts), H * W))
+    out.has_sorted_indices = True
+    return out
 
 
 def source_pixels(flow: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
@@ -99,13 +102,26 @@ def source_pixels(flow: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray
     return (sy * W + sx).ravel()
 
 
-def match(estimates: sp.csr_matrix, masks: sp.csr_matrix, min_iou: float) -> list[tuple[int, int]]:
-    """Optimal one-to-one (estimate, mask) pairs by IoU, each with IoU >= min_iou, in estimate order."""
+def match(estimates: sp.csr_matrix, masks: sp.csr_matrix, src: np.ndarray | None, min_iou: float
+          ) -> list[tuple[int, int]]:
+    """Optimal one-to-one (estimate, mask) pairs by IoU, each with IoU >= min_iou, in estimate order.
+
+    The estimates are in the old frame; `src` (see source_pixels) carries them to the masks' frame. The
+    estimates themselves are not moved: each mask pixel p is looked up at src[p] instead (a new pixel
+    lies in a carried estimate exactly when its source does), so the intersections are one sparse
+    product and a carried estimate's area is the sum of its pixels' counts in src.
+    """
     if estimates.shape[0] == 0 or masks.shape[0] == 0:
         return []
-    inter = (estimates.astype(np.int32) @ masks.astype(np.int32).T).toarray().astype(np.float64)
-    a = np.asarray(estimates.getnnz(axis=1), np.float64)[:, None]
-    b = np.asarray(masks.getnnz(axis=1), np.float64)[None, :]
+    if src is None:
+        inter = (estimates @ masks.T).toarray().astype(np.float64)
+        a = np.asarray(estimates.sum(axis=1), np.float64)
+    else:
+        moved = sp.csr_matrix((masks.data, src[masks.indices], masks.indptr), shape=masks.shape)
+        inter = (estimates @ moved.T).toarray().astype(np.float64)
+        a = (estimates @ np.bincount(src, minlength=masks.shape[1]).astype(np.float64))[:, None]
+    b = np.asarray(masks.sum(axis=1), np.float64).reshape(1, -1)
+    a = np.asarray(a, np.float64).reshape(-1, 1)
     union = a + b - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     rows, cols = linear_sum_assignment(-iou)
@@ -145,13 +161,14 @@ def link_sequence(
         shape = tuple(masks.shape)
         rows = pixel_rows(masks)
         img = image if flow is not None else None
-        if est is not None and est.shape[0]:
+        src = None
+        if est is None:
+            est = sp.csr_matrix((0, shape[0] * shape[1]), dtype=np.int32)
+        if est.shape[0]:
             src = source_pixels(flow(img, ref), shape) if (flow is not None and ref is not None) else None
-            carried = est[:, src] if src is not None else est
-            carried.eliminate_zeros()
-            pairs = match(carried, rows, cfg.min_iou)
+            pairs = match(est, rows, src, cfg.min_iou)
         else:
-            carried, pairs = est, []
+            pairs = []
         track = np.full(len(masks), -1, np.int64)
         matched_est = np.zeros(len(ids), bool)
         for e, m in pairs:
@@ -164,15 +181,13 @@ def link_sequence(
         # Next estimates: matched and new tracks take their masks; the others keep what was carried,
         # while they have missed at most `gap` frames and still cover a pixel.
         miss = np.flatnonzero(~matched_est)
-        misses_left = misses[miss] + 1
-        alive = miss[(misses_left <= cfg.gap) & (np.asarray(carried[miss].getnnz(axis=1)) > 0)] \
-            if len(miss) else miss
+        miss = miss[misses[miss] + 1 <= cfg.gap]
+        carried = est[miss] if src is None else est[miss][:, src]  # only unmatched tracks are carried
+        carried.eliminate_zeros()
+        alive = np.asarray(carried.getnnz(axis=1)) > 0
         order = np.argsort(track, kind="stable")  # masks in track-number order, for a stable layout
-        parts = [rows[order]]
-        if len(alive):
-            parts.append(carried[alive])
-        est = sp.vstack(parts, format="csr") if len(parts) > 1 else parts[0]
-        ids = np.concatenate([track[order], ids[alive]])
-        misses = np.concatenate([np.zeros(len(order), np.int64), misses[alive] + 1])
+        est = sp.vstack([rows[order], carried[np.flatnonzero(alive)]], format="csr")
+        ids = np.concatenate([track[order], ids[miss[alive]]])
+        misses = np.concatenate([np.zeros(len(order), np.int64), misses[miss[alive]] + 1])
         ref = img
     return out
