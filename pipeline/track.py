@@ -280,9 +280,10 @@ def _done(res: TrackResult, bar, job: SequenceJob) -> None:
 
 
 def run_track(store_dir: Path, manifest: Manifest, cfg: TrackConfig, cluster=None, retries: int = 2,
-              progress: bool = True) -> TrackResult:
-    """Plan, start a cluster only when there is work, link and write; the index is rebuilt when it exists
-    (stores changed)."""
+              progress: bool = True, cluster_context=None) -> TrackResult:
+    """Plan, start a cluster only when there is work (`cluster_context(cluster)`, default open_cluster;
+    None as `cluster`: in this process), link and write; the index is rebuilt when it exists (stores
+    changed)."""
     from unsamflow.pipeline.cluster import open_cluster
     from unsamflow.pipeline.store.index import INDEX_NAME, build_index
 
@@ -293,7 +294,7 @@ def run_track(store_dir: Path, manifest: Manifest, cfg: TrackConfig, cluster=Non
     if cluster is None or not plan.jobs:
         res = track_stores(store_dir, manifest, cfg, None, progress=progress, plan=plan)
     else:
-        with open_cluster(cluster) as client:
+        with (cluster_context or open_cluster)(cluster) as client:
             res = track_stores(store_dir, manifest, cfg, client, retries=retries, progress=progress,
                                worker_timeout=cluster.worker_timeout, plan=plan)
     if res.written and (store_dir / INDEX_NAME).exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -125,18 +126,21 @@ def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num
     click.echo(f"[2/6] shard: {len(shard_paths)} shards -> {out / 'shards'}")
 
     click.echo(f"[3/6] segment with {spec.name} (+derive) ...")
-    result = run_segment(out / "shards", stores, spec, derive_config, cluster, retries, progress=progress,
-                         repair=repair, check_hashes=not no_hash)
-    stage("segment")
-    click.echo(result.summary())
+    with contextlib.ExitStack() as clusters:  # one cluster for segment and track, started when needed
+        shared = _kept(clusters)
+        result = run_segment(out / "shards", stores, spec, derive_config, cluster, retries, progress=progress,
+                             cluster_context=shared, repair=repair, check_hashes=not no_hash)
+        stage("segment")
+        click.echo(result.summary())
 
-    tracked = None
-    if track_config is not None and not result.failed:  # with failed shards frames are missing: no tracks
-        from unsamflow.pipeline.track import run_track
+        tracked = None
+        if track_config is not None and not result.failed:  # failed shards: frames are missing, no tracks
+            from unsamflow.pipeline.track import run_track
 
-        tracked = run_track(stores, manifest, track_config, cluster, retries, progress=progress)
-        stage("track")
-        click.echo(tracked.summary())
+            tracked = run_track(stores, manifest, track_config, cluster, retries, progress=progress,
+                                cluster_context=shared)
+            stage("track")
+            click.echo(tracked.summary())
 
     index = build_index(stores, manifest=manifest)  # records the manifest's bad pairs for training
     stage("index")
@@ -162,6 +166,20 @@ def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num
     if tracked is not None and tracked.failed:
         status = status or 1
     return status or (0 if report.ok or (skip_bad and report.only_bad_frames) else 1)
+
+
+def _kept(stack: contextlib.ExitStack):
+    """A cluster_context that starts the cluster once, keeps it open in `stack` and hands out its client."""
+    from unsamflow.pipeline.cluster import open_cluster
+
+    clients: list = []
+
+    def context(cluster):
+        if not clients:
+            clients.append(stack.enter_context(open_cluster(cluster)))
+        return contextlib.nullcontext(clients[0])
+
+    return context
 
 
 def _save_if_changed(manifest: Manifest, path: Path) -> None:

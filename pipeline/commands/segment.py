@@ -38,10 +38,12 @@ def shard_files(shards: Path) -> list[Path]:
 def run_segment(
     shards: Path, out: Path, spec: SegmenterSpec, derive_config: dict, cluster: ClusterConfig,
     retries: int, progress: bool = True, repair: bool = False, check_hashes: bool = True,
+    cluster_context=open_cluster,
 ) -> SegmentResult:
     """Segment what `plan_shards` finds to do (with `repair`, also the shards whose stores are damaged,
     unverifiable or stale, or whose source images changed: each is named on stderr before it is made
-    again; `check_hashes`: see plan_shards)."""
+    again; `check_hashes`: see plan_shards). `cluster_context(cluster)` gives the client (`run` passes
+    one that keeps its cluster for the track stage)."""
     files = shard_files(shards)
     check_spec(spec)
     plan = plan_shards(files, out, spec, derive_config, repair, check_hashes)
@@ -50,7 +52,7 @@ def run_segment(
     if not plan.todo:  # nothing to do: no cluster to start
         return segment_shards(files, out, spec, derive_config, None, plan=plan, progress=progress)
     t0 = time.perf_counter()
-    with open_cluster(cluster) as client:
+    with cluster_context(cluster) as client:
         startup = time.perf_counter() - t0
         # A local cluster started with --no-dashboard serves none, whatever link Dask makes up for it.
         has_dashboard = cluster.scheduler or cluster.slurm or cluster.dashboard is not None
