@@ -432,3 +432,85 @@ def test_short_run_extended_on_resume_and_a_new_run_initialised_from_it(tiny_tra
     with pytest.raises(BadInputError, match="another shape: conv_1x1.0.0.weight"):
         prepare(tiny_config(tiny_train_set, f"model.init_from={partial}", "model.init_strict=false"),
                 tmp_path / "ft4")
+
+
+# --- preemption: SIGTERM / SIGUSR1 -> checkpoint, exit 75; the SLURM script requeues and resumes ----------
+
+
+def _wait_for_line(stream, prefix: str, limit: float = 180.0) -> list[str]:
+    """Lines of `stream` up to the first starting with `prefix` (a crash or the limit ends it early)."""
+    seen, deadline = [], time.monotonic() + limit
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if line.startswith(prefix):
+            break
+    return seen
+
+
+def test_sigterm_checkpoints_the_last_step_and_exits_75_then_resume_continues(tiny_train_set, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "unsamflow.trainer",
+           *train_cmd(tiny_train_set, run, "optim.iterations=500", "logging.checkpoint_every=0",
+                      "logging.progress_seconds=0", "logging.every=1")]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = _wait_for_line(proc.stderr, "train it 2/")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    err = "".join(seen) + err
+    assert proc.returncode == 75, err
+    from unsamflow.trainer.engine import load_checkpoint
+    from unsamflow.trainer.engine.run import latest_checkpoint
+
+    ck_path = latest_checkpoint(run / "checkpoints")
+    n = load_checkpoint(ck_path)["iteration"]
+    assert 2 <= n < 500 and f"stopped by SIGTERM after iteration {n}; checkpoint {ck_path}" in err, err
+    assert "Traceback" not in err and not list((run / "checkpoints").glob(".*tmp*"))
+    res = cli(["train", "--out", str(run), "--resume", f"optim.iterations={n + 1}"])
+    assert res.exit_code == 0 and f"trained {n + 1} iterations (resumed at {n})" in res.output, res.output
+
+
+def test_slurm_script_requeues_on_its_warning_signal_and_the_requeued_job_resumes(tiny_train_set, tmp_path):
+    """scripts/train_slurm.sh under SLURM's contract (srun runs the command; `scontrol requeue` requeues;
+    --signal=B:USR1 signals the batch script), with the real torchrun and trainer."""
+    import socket
+
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "srun").write_text('#!/bin/sh\nexec "$@"\n')
+    (stubs / "scontrol").write_text(f'#!/bin/sh\n[ "$1" = show ] && {{ echo localhost; exit 0; }}\n'
+                                    f'echo "$@" >> {tmp_path / "scontrol.log"}\n')  # fmt: skip
+    for f in stubs.iterdir():
+        f.chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**ENV, "PATH": f"{stubs}:{Path(sys.executable).parent}:{ENV['PATH']}", "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NODELIST": "localhost", "SLURM_NNODES": "1", "GPUS_PER_NODE": "1",
+           "RDZV_PORT": str(port)}  # fmt: skip
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_slurm.sh"
+    run = tmp_path / "run"
+    args = ["cpu-demo", str(run), *overrides(tiny_train_set, "logging.checkpoint_every=0",
+                                            "logging.progress_seconds=0", "logging.every=1")]  # fmt: skip
+    job = subprocess.Popen(["bash", str(script), *args, "optim.iterations=500"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    seen = _wait_for_line(job.stderr, "train it 2/")
+    job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@300 does before the time limit
+    _, err = job.communicate(timeout=180)
+    err = "".join(seen) + err
+    assert job.returncode == 0, err
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"], err
+    from unsamflow.trainer.engine import load_checkpoint
+    from unsamflow.trainer.engine.run import latest_checkpoint
+
+    n = load_checkpoint(latest_checkpoint(run / "checkpoints"))["iteration"]
+    assert 2 <= n < 500 and "stopped by SIGTERM" in err, err
+    # the requeued job: same command (a larger optim.iterations extends the run); finishes, no requeue
+    (tmp_path / "scontrol.log").unlink()
+    again = subprocess.run(["bash", str(script), *args, f"optim.iterations={n + 1}"], env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"trained {n + 1} iterations (resumed at {n})" in again.stdout
+    assert not (tmp_path / "scontrol.log").exists()

@@ -27,6 +27,8 @@ def train(preset, overrides, run_dir, resume) -> None:
       python -m unsamflow.trainer train --preset kitti-aug-hg-mf model.init_from=runs/demo ... --out runs/ft
       torchrun --nproc-per-node 4 -m unsamflow.trainer train --preset kitti-aug-hg-mf ... --out runs/k
     optim.batch_size is the global batch: each of the N processes takes batch_size / N.
+    SIGTERM or SIGUSR1 (a scheduler's warning) writes a checkpoint after the current step and exits with
+    status 75 (requeue and --resume; scripts/train_slurm.sh does).
     model.init_from=CHECKPOINT starts a new run from those weights only (strict; model.init_strict=false
     loads the matching ones).
     """
@@ -39,10 +41,16 @@ def train(preset, overrides, run_dir, resume) -> None:
         raise BadInputError("--preset NAME is needed for a new run (python -m trainer presets lists them)")
     if overrides and preset is None and not resume:
         raise BadInputError(f"overrides {' '.join(overrides)} need --preset")
+    from unsamflow.trainer.engine.preemption import EXIT_PREEMPTED, Preempted
+
     cfg = load_config(preset, overrides) if preset is not None else None
     resume_overrides = overrides if preset is None else ()
     try:
         summary = run_training(prepare(cfg, run_dir, resume=resume, resume_overrides=resume_overrides))
+    except Preempted as stop:
+        if distributed.current().is_main:
+            click.echo(f"train: {stop}", err=True)
+        raise SystemExit(EXIT_PREEMPTED) from None
     finally:
         distributed.cleanup()
     if summary["rank"] != 0:

@@ -365,13 +365,19 @@ def train(p: Prepared) -> dict[str, Any]:
             text = yaml.safe_dump(config_to_dict(p.cfg), sort_keys=False)
             write_bytes_atomic(p.run_dir / CONFIG_FILE, text.encode())
     distributed.barrier()
+    from unsamflow.trainer.engine.preemption import PreemptionHook, StopFlag, catch_stop_signals
+
     trainer = build_trainer(p)
     for note in p.notes:
         trainer.logger.write(note)
+    flag = StopFlag()  # SIGTERM / SIGUSR1: checkpoint after the step in flight, then Preempted
+    saver = next(h for h in trainer.hooks if isinstance(h, CheckpointHook))
+    trainer.hooks.append(PreemptionHook(flag, saver))
     start = trainer.iteration
     t0 = time.perf_counter()
     try:
-        trainer.train()
+        with catch_stop_signals(flag):
+            trainer.train()
     finally:
         trainer.logger.close()
     hook = {type(h).__name__: h for h in trainer.hooks}
