@@ -96,6 +96,7 @@ def score(root: Path, manifest: Manifest, stores: Path) -> dict:
     m = sum(s.matches for s in per_seq) or 1
     return {
         "id_switches": sum(s.id_switches for s in per_seq),
+        "switches_old_track_present": sum(s.switches_old_track_present for s in per_seq),
         "purity": sum(s.purity * s.matches for s in per_seq) / m,
         "completeness": sum(s.completeness * s.matches for s in per_seq) / m,
         "assa": sum(s.assa * s.matches for s in per_seq) / m,
@@ -177,8 +178,9 @@ def main() -> None:
     notes = (
         "Synthetic 'hard' scenes with objects up to 24 px per frame; identity switches summed over the "
         "sequences, purity / completeness / AssA (HOTA association accuracy, IoU 0.5) weighted by matches "
-        "(pipeline.track_metrics). `track_cost_vs_run`: the track stage of `pipeline run` (graph segmenter, "
-        "2 local workers, its own cluster start included) over the rest of that run."
+        "(pipeline.track_metrics); switches_old_track_present: switches where the instance's previous track "
+        "still has a mask in that frame. `track_cost_vs_run`: the track stage of `pipeline run` (graph "
+        "segmenter, 2 local workers sharing one cluster with segment) over the rest of that run."
     )
     write_results("tracks", rows, notes, summary_figures)
 

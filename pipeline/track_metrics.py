@@ -6,7 +6,9 @@ with n(g, t) the number of frames in which g is matched to t, |g| the frames in 
 visible (matched or not) and |t| the frames in which track t has a mask (matched or not):
 
 - identity switches (CLEAR-MOT IDSW): times an instance is matched to another track than at its
-  previous match;
+  previous match; `switches_old_track_present` counts those where the previous track still has a mask
+  in that frame (the linker kept it going, but another mask now matches the instance better: with
+  nested multi-scale masks, the segmenter's choice rather than the linker's);
 - purity: sum_t max_g n(g, t) / sum n: the share of matches whose track belongs to its main instance;
 - completeness: sum_g max_t n(g, t) / sum_g |g|: the share of each instance's visible frames covered
   by its main track;
@@ -57,6 +59,7 @@ def frame_matches(masks: np.ndarray, tracks: np.ndarray, instances: np.ndarray, 
 @dataclass
 class TrackScores:
     id_switches: int
+    switches_old_track_present: int
     purity: float
     completeness: float
     assa: float
@@ -74,18 +77,20 @@ def score_sequence(frames: Iterable[tuple[list[tuple[int, int]], set[int], list[
     visible: Counter = Counter()
     present: Counter = Counter()
     last: dict[int, int] = {}
-    switches = 0
+    switches = alive = 0
     for pairs, gts, tracks in frames:
         visible.update(gts)
-        present.update(set(tracks))
+        here = set(tracks)
+        present.update(here)
         for g, t in pairs:
             n[(g, t)] += 1
             if g in last and last[g] != t:
                 switches += 1
+                alive += last[g] in here
             last[g] = t
     total = sum(n.values())
     if not total:
-        return TrackScores(switches, 0.0, 0.0, 0.0, 0, len(visible), len(present))
+        return TrackScores(switches, alive, 0.0, 0.0, 0.0, 0, len(visible), len(present))
     by_track: dict[int, int] = {}
     by_gt: dict[int, int] = {}
     for (g, t), k in n.items():
@@ -94,6 +99,7 @@ def score_sequence(frames: Iterable[tuple[list[tuple[int, int]], set[int], list[
     assa = sum(k * k / (visible[g] + present[t] - k) for (g, t), k in n.items()) / total
     return TrackScores(
         id_switches=switches,
+        switches_old_track_present=alive,
         purity=sum(by_track.values()) / total,
         completeness=sum(by_gt.values()) / sum(visible.values()),
         assa=assa,

@@ -260,3 +260,24 @@ def test_track_refuses_stores_missing_frames(tmp_path):
     instance_stores(root, tmp_path / "stores", groups=[[manifest.frame_ids[0]]])
     res = cli(["track", "--stores", tmp_path / "stores", "--manifest", root / "manifest.json"], code=2)
     assert "3 frame(s) of the manifest are in no store" in res.output and "pipeline segment" in res.output
+
+
+def test_track_scores_by_hand():
+    """One object seen in 4 frames, tracked as 1, 1, 2, 2 (track 1 still has a mask at the switch):
+    1 switch, purity 1, completeness 2/4; AssA: the 2 matches to track 1 (in 3 frames) score
+    2 / (2 + 2 + 1), the 2 to track 2 (in 2 frames) 2 / (2 + 2 + 0), so AssA = (2 * 0.4 + 2 * 0.5) / 4."""
+    from unsamflow.pipeline.track_metrics import frame_matches, score_sequence
+
+    inst = np.zeros((8, 8), np.int64)
+    inst[2:6, 2:6] = 5
+    obj = inst == 5
+    other = np.zeros((8, 8), bool)
+    other[0, :] = True
+    frames = [frame_matches(np.stack([obj]), np.array([1]), inst, ignore=(0,)),
+              frame_matches(np.stack([obj]), np.array([1]), inst, ignore=(0,)),
+              frame_matches(np.stack([obj, other]), np.array([2, 1]), inst, ignore=(0,)),
+              frame_matches(np.stack([obj]), np.array([2]), inst, ignore=(0,))]
+    s = score_sequence(frames)
+    assert (s.id_switches, s.switches_old_track_present, s.matches) == (1, 1, 4)
+    assert s.purity == 1.0 and s.completeness == 0.5
+    assert s.assa == pytest.approx(0.45)
