@@ -351,3 +351,13 @@ def test_cli_group_reports_config_errors_as_one_line():
     assert result.exit_code == 2
     assert "error: optim.lr: must be > 0, got -1" in result.output
     assert CliRunner().invoke(main, ["presets"]).exit_code == 0
+
+
+def test_overridden_training_data_does_not_validate_silently_on_the_presets_set():
+    with pytest.raises(ConfigError, match=r"data.val_dataset: the preset validates on 'synthetic' but the "
+                                          r"overrides train on 'sintel-clean'"):
+        load_config("cpu-demo", ["data.dataset=sintel-clean"])
+    off = load_config("cpu-demo", ["data.dataset=sintel-clean", "data.val_dataset=null"])
+    assert off.data.val_dataset is None
+    assert load_config("cpu-demo", ["data.dataset=sintel-clean", "data.val_dataset=sintel-final"])
+    assert load_config("cpu-demo", ["data.dataset=synthetic*2"]).data.val_dataset == "synthetic"  # same data

@@ -376,3 +376,12 @@ def test_manifest_command_complete_dataset_and_bad_option(shared_data, tmp_path)
     assert len(Manifest.load(out).pairs) == 8
     r = CliRunner().invoke(main, [*args, "--split", "training", "--out", str(tmp_path / "x.json")])
     assert r.exit_code == 2 and "layout 'middlebury' has no option 'split'" in r.output
+
+
+def test_synthetic_layout_refuses_a_sintel_tree(shipped_data, tmp_path):
+    with pytest.raises(BadInputError, match="not a synthetic set from `pipeline synth`.*like MPI-Sintel"):
+        scan("synthetic", shipped_data / "sintel")
+    from unsamflow.pipeline.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "s", sequences=1, frames=2, size=(32, 48), seed=0)
+    assert len(scan("synthetic", tmp_path / "s").pairs) == 1

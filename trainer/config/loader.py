@@ -41,7 +41,27 @@ def load_config(preset: str | Path, overrides: Sequence[str] = ()) -> TrainConfi
     full = config_to_dict(cfg)
     for item in overrides:
         apply_override(full, item)
-    return build(TrainConfig, full)
+    out = build(TrainConfig, full)
+    _check_validation_data(cfg, out, overrides)
+    return out
+
+
+def _check_validation_data(preset: TrainConfig, cfg: TrainConfig, overrides: Sequence[str]) -> None:
+    """Refuse a preset's data.val_dataset kept silently when the overrides moved training to other data:
+    cpu-demo trained on Sintel kept validating on `synthetic` and logged its EPE under that name."""
+    keys = [parse_override(item)[0] for item in overrides]
+    moved = any(k[:2] == ["data", "dataset"] for k in keys)
+    chose = any(k[:2] == ["data", "val_dataset"] for k in keys)
+    val = cfg.data.val_dataset
+    if not moved or chose or val is None or val != preset.data.val_dataset:
+        return
+    from unsamflow.trainer.data.mixes import parse_mix  # lazy: brings torch
+
+    trained = {p.layout for p in parse_mix(cfg.data.dataset)}
+    if not {p.layout for p in parse_mix(val)} & trained:
+        raise ConfigError("data.val_dataset", f"the preset validates on {val!r} but the overrides train on "
+                          f"{cfg.data.dataset!r}; set data.val_dataset=NAME (one of the data you train on, "
+                          "or any set with ground truth) or data.val_dataset=null")  # fmt: skip
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
