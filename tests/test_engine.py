@@ -271,11 +271,54 @@ def test_bad_inputs_fail_clearly_and_write_nothing(tiny_train_set, tmp_path):
     assert res.exit_code == 2 and ids[3] in res.output and not (tmp_path / "p").exists()
     # a folder that already holds a run is not overwritten without --resume
     held = tmp_path / "held"
-    held.mkdir()
+    (held / "checkpoints").mkdir(parents=True)
     (held / "config.yaml").write_text("x: 1\n")
+    (held / "checkpoints" / "ckpt_0000002.pt").write_bytes(b"a checkpoint")
     res = cli(train_cmd(tiny_train_set, held, "optim.iterations=4"))
     assert res.exit_code == 2 and "already holds a run" in res.output and "--resume" in res.output
     assert (held / "config.yaml").read_text() == "x: 1\n"
+
+
+def test_one_training_per_run_folder_and_a_run_killed_before_its_first_checkpoint(tiny_train_set, tmp_path):
+    """Before: two `train` runs on one --out both finished (config.yaml from one, checkpoints from the
+    other), --resume of a live run was accepted, a new run deleted a live run's temporaries; and a folder
+    with only a config (killed before its first checkpoint) was refused both as new and as --resume."""
+    run = tmp_path / "run"
+    long_run = train_cmd(tiny_train_set, run, "optim.iterations=10000", "logging.checkpoint_every=0")
+    live = subprocess.Popen([sys.executable, "-m", "unsamflow.trainer", *long_run], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "config.yaml").exists() and live.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (run / "config.yaml").exists(), live.stderr.read().decode() if live.poll() is not None else ""
+        config = (run / "config.yaml").read_text()
+        holder = f"{run} is being written by `unsamflow-trainer train` (pid {live.pid} "
+        new = train_cmd(tiny_train_set, run, "optim.iterations=2")
+        for args in (new, ["train", "--out", str(run), "--resume"]):
+            res = cli(args)
+            assert res.exit_code == 2 and holder in res.output, res.output
+        assert (run / "config.yaml").read_text() == config and not (run / "checkpoints").exists()
+    finally:
+        live.kill()
+        live.wait()
+    # Killed before its first checkpoint, in the middle of its first save: a config and a temporary.
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / f".ckpt_0000002.pt.tmp-{live.pid}").write_bytes(b"half a checkpoint")
+    res = cli(["train", "--out", str(run), "--resume", "optim.iterations=2"])
+    assert res.exit_code == 0, res.output
+    assert "holds no checkpoint yet (its run stopped before the first one): starting it from iteration 0" \
+        in res.output and "trained 2 iterations in" in res.output, res.output
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.endswith(".pt")) == \
+        ["ckpt_0000002.pt", "latest.pt"]
+    # A new run in such a folder starts again, saying so.
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "config.yaml").write_text(config)
+    res = cli(train_cmd(tiny_train_set, again, "optim.iterations=2"))
+    assert res.exit_code == 0, res.output
+    assert f"{again} holds a run stopped before its first checkpoint (config.yaml only): starting again" \
+        in res.output and "iterations: 2" in (again / "config.yaml").read_text()
 
 
 def test_metrics_jsonl_truncated_on_resume(tmp_path):

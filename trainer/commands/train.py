@@ -3,6 +3,8 @@ torchrun), writing RUN_DIR/config.yaml, checkpoints/, tensorboard/ and metrics.j
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 from unsamflow.pipeline.errors import BadInputError
 
@@ -34,7 +36,7 @@ def train(preset, overrides, run_dir, resume) -> None:
     """
     from unsamflow.trainer.config import load_config
     from unsamflow.trainer.engine import distributed
-    from unsamflow.trainer.engine.run import prepare
+    from unsamflow.trainer.engine.run import prepare, run_lock
     from unsamflow.trainer.engine.run import train as run_training
 
     if preset is None and not resume:
@@ -45,6 +47,8 @@ def train(preset, overrides, run_dir, resume) -> None:
 
     cfg = load_config(preset, overrides) if preset is not None else None
     resume_overrides = overrides if preset is None else ()
+    lock = contextlib.ExitStack()
+    lock.enter_context(run_lock(run_dir))  # one training per run folder, held to the end
     try:
         summary = run_training(prepare(cfg, run_dir, resume=resume, resume_overrides=resume_overrides))
     except Preempted as stop:
@@ -53,6 +57,7 @@ def train(preset, overrides, run_dir, resume) -> None:
         raise SystemExit(EXIT_PREEMPTED) from None
     finally:
         distributed.cleanup()
+        lock.close()
     if summary["rank"] != 0:
         return
     losses = " ".join(f"{k}={v:.4g}" for k, v in (summary["losses"] or {}).items())

@@ -6,10 +6,12 @@ resume) is checked by `prepare` before anything is written, so a bad run leaves 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,9 +143,26 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def run_holds(run_dir: Path) -> list[str]:
-    """The files of an earlier run in `run_dir` (config, checkpoints), if any."""
-    found = [run_dir / CONFIG_FILE, run_dir / CHECKPOINTS]
-    return [str(p) for p in found if p.exists()]
+    """The checkpoints of an earlier run in `run_dir`, if any. A config alone (with temporaries of a
+    save that never finished) is a run stopped before its first checkpoint: `prepare` starts it again."""
+    folder = run_dir / CHECKPOINTS
+    found = sorted(p for p in folder.glob("*.pt") if not p.name.startswith(".")) if folder.is_dir() else []
+    return [str(p) for p in found]
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold the run folder's write lock (the pipeline's: an flock naming its holder) for a whole run, so
+    that a second `train` on the same --out (new, or --resume of a live run) is refused naming the
+    first, and the temporaries it finds are a dead run's. Only the process of rank 0 takes it (torchrun
+    sets RANK); the others write nothing of their own there."""
+    from unsamflow.pipeline.lock import output_lock
+
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        yield
+        return
+    with output_lock(run_dir, "unsamflow-trainer train"):
+        yield
 
 
 # What `--resume KEY=VALUE` may change: the length of the schedule and how often things are logged.
@@ -160,7 +179,21 @@ def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: st
     run_dir = Path(run_dir)
     checkpoint = None
     extension = None
-    if resume:
+    notes: list[str] = []
+    stopped_early = (run_dir / CONFIG_FILE).is_file() and not run_holds(run_dir)
+    if resume and stopped_early:  # killed before its first checkpoint: its config, from iteration 0
+        saved = _config_file(run_dir / CONFIG_FILE)
+        if cfg is not None and config_to_dict(cfg) != config_to_dict(saved):
+            diff = sorted(_diff(config_to_dict(cfg), config_to_dict(saved)))
+            raise BadInputError(f"--resume: the given config differs from the run's ({run_dir / CONFIG_FILE})"
+                                f" in {', '.join(diff[:8])}; resume without --preset/overrides or start a "
+                                "new run")  # fmt: skip
+        cfg = saved
+        if resume_overrides:
+            cfg, _ = _resume_changes(saved, resume_overrides, 0, run_dir / CONFIG_FILE)
+        notes.append(f"--resume: {run_dir} holds no checkpoint yet (its run stopped before the first one): "
+                     f"starting it from iteration 0 with its {CONFIG_FILE}")  # fmt: skip
+    elif resume:
         latest = latest_checkpoint(run_dir / CHECKPOINTS)
         if latest is None:
             raise BadInputError(f"--resume: {run_dir} holds no checkpoint (no {CHECKPOINTS}/ckpt_*.pt); "
@@ -177,8 +210,11 @@ def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: st
         if resume_overrides:
             cfg, extension = _resume_changes(saved, resume_overrides, checkpoint["iteration"], latest)
     elif run_holds(run_dir):
-        raise BadInputError(f"{run_dir} already holds a run ({', '.join(run_holds(run_dir))}); use --resume "
-                            "to continue it or choose another --out")  # fmt: skip
+        raise BadInputError(f"{run_dir} already holds a run ({', '.join(run_holds(run_dir)[-2:])}); use "
+                            "--resume to continue it or choose another --out")  # fmt: skip
+    elif stopped_early:
+        notes.append(f"{run_dir} holds a run stopped before its first checkpoint ({CONFIG_FILE} only): "
+                     f"starting again, its {CONFIG_FILE} replaced by this run's")  # fmt: skip
     dist = distributed.init_distributed("cuda" if _wants_cuda(cfg) else "cpu", init_method)
     device = resolve_device(cfg, dist)
     if cfg.optim.batch_size % dist.world_size:
@@ -191,6 +227,7 @@ def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: st
                             f"than one batch ({per_rank} per process x {dist.world_size})")  # fmt: skip
     evaluate = build_evaluator(cfg, device)
     p = Prepared(cfg, run_dir, dist, device, train_set, evaluate, checkpoint, extension=extension)
+    p.notes.extend(notes)
     if checkpoint is None and cfg.model.init_from:
         from unsamflow.trainer.engine.init_from import describe, load_init_weights, match_weights
         from unsamflow.trainer.model import PWCLite
@@ -201,6 +238,20 @@ def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: st
         p.init_weights = weights
         p.notes.append(describe(cfg.model.init_from, weights, missing, unexpected))
     return p
+
+
+def _config_file(path: Path) -> Any:
+    """The resolved config a run wrote to `path` (config.yaml), checked like any config."""
+    import yaml
+    from unsamflow.trainer.config import config_from_dict
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadInputError(f"{path}: unreadable run config ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadInputError(f"{path}: not a run config (a mapping of settings)")
+    return config_from_dict(data)
 
 
 def _resume_changes(saved: Any, overrides: Sequence[str], iteration: int,
@@ -237,11 +288,21 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path or "(root)"]
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float, bias_decay: float) -> list[dict[str, Any]]:
+    """Adam's parameter groups as the reference's trainer makes them: L2 decay on ``.weight`` tensors,
+    ``bias_decay`` on ``.bias`` tensors, none on anything else. Empty groups are left out."""
+    groups: dict[str, list[torch.nn.Parameter]] = {"weight": [], "bias": [], "other": []}
+    for name, p in model.named_parameters():
+        groups["weight" if ".weight" in name else "bias" if ".bias" in name else "other"].append(p)
+    decay = {"weight": weight_decay, "bias": bias_decay, "other": 0.0}
+    return [{"params": ps, "weight_decay": decay[k]} for k, ps in groups.items() if ps]
+
+
 def build_optimizer(cfg: Any, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
     """Adam and its schedule (OneCycle: warm-up fraction, linear or cosine anneal; or constant)."""
     o = cfg.optim
-    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                 weight_decay=o.weight_decay)  # fmt: skip
+    optimizer = torch.optim.Adam(param_groups(model, o.weight_decay, o.bias_decay), lr=o.lr,
+                                 betas=tuple(o.betas), eps=o.eps)  # fmt: skip
     if o.schedule == "onecycle":
         pct = o.warmup
         if abs(pct * o.iterations - 1) < 1e-9:  # a warm-up of exactly one step divides by 0 in OneCycleLR
@@ -359,7 +420,7 @@ def train(p: Prepared) -> dict[str, Any]:
 
     if p.dist.is_main:
         p.run_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in (p.run_dir / CHECKPOINTS).glob(".*.pt.tmp-*"):  # left by a killed run's save
+        for tmp in (p.run_dir / CHECKPOINTS).glob(".*.tmp-*"):  # a killed save's (run_lock: not a live one's)
             tmp.unlink(missing_ok=True)
         if p.checkpoint is None or p.extension is not None:  # an extension rewrites the run's config
             text = yaml.safe_dump(config_to_dict(p.cfg), sort_keys=False)
