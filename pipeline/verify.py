@@ -251,7 +251,8 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
     if ref is not None:
         ref[1].close()
     counts["bad"] = len(bad)
-    problems.extend(index_problems(store_dir, located, bad, sidecars, set(bad_shards)))
+    bad_pairs = find_bad_pairs(manifest.pairs, shapes, bad)
+    problems.extend(index_problems(store_dir, located, bad, sidecars, set(bad_shards), bad_pairs))
     from unsamflow.pipeline.track import track_problems  # track ids, where stores have them
 
     problems.extend(track_problems([p for p in files if p.name not in bad_shards], manifest))
@@ -274,7 +275,6 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
     for fid, line in changed.items():
         shard_problem(located[fid][0], f"shard {located[fid][0]}, {line}")
 
-    bad_pairs = find_bad_pairs(manifest.pairs, shapes, bad)
     bad_lines = [f"bad frame {fid!r}: {reason}" for fid, reason in sorted(bad.items())]
     bad_lines += [f"bad pair {a!r} -> {b!r}: {reason}" for (a, b), reason in bad_pairs.items()
                   if a not in bad and b not in bad]
@@ -291,9 +291,12 @@ def verify(store_dir: str | Path, manifest: Manifest, check_hashes: bool = True,
 
 
 def index_problems(store_dir: Path, located: dict[str, tuple[str, int]], bad: dict[str, str],
-                   sidecars: dict[str, str], unread: set[str]) -> list[str]:
+                   sidecars: dict[str, str], unread: set[str],
+                   bad_pairs: dict[tuple[str, str], str] | None = None) -> list[str]:
     """Where `index.json` (if there is one) disagrees with the stores as read: a frame mapped to another
-    store or row, a frame missing from it, a shard's hash. Shards in `unread` are not judged."""
+    store or row, a frame missing from it, a shard's hash, a bad pair that the stores and the manifest
+    do not make bad (`bad_pairs`: the ones they do; training leaves the index's out). Shards in
+    `unread` are not judged."""
     if not (store_dir / INDEX_NAME).exists():
         return []
     try:
@@ -324,6 +327,11 @@ def index_problems(store_dir: Path, located: dict[str, tuple[str, int]], bad: di
     if index.bad_frames != bad and not unread:
         wrong.append(f"{where}: its bad frames differ from the stores' "
                      f"({len(index.bad_frames)} vs {len(bad)})")
+    for (a, b), reason in index.bad_pairs.items() if bad_pairs is not None else ():
+        judged = all(f in located or f in bad for f in (a, b))  # frames of unread shards are not
+        if judged and (a, b) not in bad_pairs:
+            wrong.append(f"{where} lists pair {a!r} -> {b!r} as bad ({reason}), but the stores and the "
+                         "manifest do not: training would leave it out")
     out += wrong[:MAX_INDEX_LINES]
     if len(wrong) > MAX_INDEX_LINES:
         out.append(f"{where}: {len(wrong) - MAX_INDEX_LINES} more rows disagree with the stores")

@@ -321,6 +321,27 @@ def test_one_training_per_run_folder_and_a_run_killed_before_its_first_checkpoin
         in res.output and "iterations: 2" in (again / "config.yaml").read_text()
 
 
+def test_train_says_how_many_pairs_it_leaves_out_and_why(tiny_train_set, tmp_path):
+    """Before: pairs recorded bad in the stores' index were always left out without a word."""
+    import shutil
+
+    from unsamflow.pipeline.manifest import Manifest
+    from unsamflow.trainer.engine.run import prepare
+
+    stores = tmp_path / "stores"
+    shutil.copytree(tiny_train_set.stores, stores)
+    pair = Manifest.load(tiny_train_set.manifest).pairs[0]
+    index = json.loads((stores / "index.json").read_text())
+    index["bad_pairs"] = [{"frame1": pair.frame1, "frame2": pair.frame2,
+                           "reason": f"frame {pair.frame2!r} is bad: unreadable"}]  # fmt: skip
+    (stores / "index.json").write_text(json.dumps(index))
+    p = prepare(tiny_config(tiny_train_set, f"data.masks.synthetic={stores}"), tmp_path / "run")
+    note = next(n for n in p.notes if n.startswith("data: "))
+    assert note.startswith("data: 1 of 6 pairs left out as recorded bad in the mask stores' index (1 for a "
+                           f"bad frame); e.g. {pair.frame1!r} -> {pair.frame2!r}"), note
+    assert len(p.train_set.skipped) == 1
+
+
 def test_metrics_jsonl_truncated_on_resume(tmp_path):
     from unsamflow.trainer.engine.logging import truncate_metrics
 

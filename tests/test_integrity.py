@@ -139,6 +139,19 @@ def test_swapped_or_edited_index_rows_are_refused(out):
         Index.load(stores).store_for("a/000.png")
 
 
+def test_forged_bad_pair_in_the_index_is_named_by_verify(out):
+    """Before: a `bad_pairs` entry added to index.json passed `verify`, and training silently left that
+    pair out. The recorded one (c's frames differ in size) stays accepted."""
+    stores = out / "stores"
+    forged = {"frame1": "a/000.png", "frame2": "a/001.png", "reason": "frame 'a/001.png' is bad: forged"}
+    edit_index(stores, lambda d: d["bad_pairs"].append(forged))
+    report = verify(stores, manifest_of(out), check_hashes=False, progress=False)
+    text = "\n".join(report.lines)
+    assert (f"{stores / INDEX_NAME} lists pair 'a/000.png' -> 'a/001.png' as bad (frame 'a/001.png' is bad: "
+            "forged), but the stores and the manifest do not: training would leave it out") in text, text
+    assert "'c/000.png' -> 'c/001.png' as bad" not in text and not report.ok
+
+
 @pytest.mark.parametrize("change, why", [
     (lambda d: d["frames"].__setitem__("a/000.png", [-1, 0]), "frame 'a/000.png': shard -1 out of range"),
     (lambda d: d["frames"].__setitem__("a/000.png", [0, -1]), "row -1 out of range"),

@@ -96,6 +96,22 @@ class PairDataset(torch.utils.data.Dataset):
         comp = self.components[c]
         return comp.dataset.pairs[comp.kept[j]]
 
+    def skipped_summary(self) -> str | None:
+        """One line: how many pairs are left out and why (counted by kind), with one example; None when
+        none is. Recorded bad pairs are left out up front, so a run says so instead of dropping them."""
+        if not self.skipped:
+            return None
+        kinds: dict[str, int] = {}
+        for reason in self.skipped.values():
+            kind = "a bad frame" if reason.startswith("frame ") and " is bad: " in reason else \
+                reason.split(" (")[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        total = len(self.skipped) + sum(len(c.kept) for c in self.components)
+        why = ", ".join(f"{n} for {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        (a, b), reason = next(iter(self.skipped.items()))
+        return (f"data: {len(self.skipped)} of {total} pairs left out as recorded bad in the mask stores' "
+                f"index ({why}); e.g. {a!r} -> {b!r}: {reason}")
+
     def summary(self) -> str:
         parts = ", ".join(f"{c.part.written}: {len(c.kept)} pairs x{c.part.repeat}" for c in self.components)
         skipped = f"; {len(self.skipped)} bad pairs left out" if self.skipped else ""

@@ -228,6 +228,8 @@ def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: st
     evaluate = build_evaluator(cfg, device)
     p = Prepared(cfg, run_dir, dist, device, train_set, evaluate, checkpoint, extension=extension)
     p.notes.extend(notes)
+    if train_set.skipped_summary():
+        p.notes.append(train_set.skipped_summary())
     if checkpoint is None and cfg.model.init_from:
         from unsamflow.trainer.engine.init_from import describe, load_init_weights, match_weights
         from unsamflow.trainer.model import PWCLite
