@@ -7,7 +7,8 @@ gets full_seg made on the spot by the pipeline's default segmenter (under a seco
 without them runs without masks. Every predictor goes through the same evaluator (trainer.evaluation).
 
 Pictures per pair: frame 1 | frame 2 | full_seg | true flow, then each predictor's flow | error map
-(flows on one colour scale, the true flow's largest vector; errors black 0 px to white 5 px).
+(flows on one colour scale, the true flow's largest vector; errors in the KITTI devkit's colours, blue
+below 1.5 px to red beyond 24 px, with the colour bar under the picture).
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def pair_picture(
 ) -> np.ndarray:
     """Row 1: frames, full_seg, true flow; then one row per predictor: flow | error (| refined | error)."""
     from unsamflow.pipeline.flow import error_to_color, flow_to_color
+    from unsamflow.pipeline.flow.viz import error_scale
     from unsamflow.pipeline.show import draw_labels, titled
 
     gt, valid = sample["flow"], sample["valid"]
@@ -153,8 +155,12 @@ def pair_picture(
                 continue
             epe = np.linalg.norm(f - gt, axis=2)
             tiles += [titled(_fit(flow_to_color(f, max_flow=scale)), f"{label} flow"),
-                      titled(_fit(error_to_color(epe, valid)), f"{label} error (0-5 px)")]  # fmt: skip
-    return _grid(tiles, columns=4)
+                      titled(_fit(error_to_color(epe, valid)), f"{label} error")]  # fmt: skip
+    grid = _grid(tiles, columns=4)
+    legend = np.full((30, grid.shape[1], 3), 255, np.uint8)  # the error colours, in px (KITTI devkit's)
+    bar = error_scale(min(360, grid.shape[1]), 30)
+    legend[:, : bar.shape[1]] = bar
+    return np.concatenate([grid, _hgap(4, grid.shape[1]), legend], axis=0)
 
 
 def _fit(img: np.ndarray) -> np.ndarray:

@@ -69,13 +69,25 @@ def flow_to_color(
     return img
 
 
-def error_to_color(epe: np.ndarray, valid: np.ndarray | None = None, max_error: float = 5.0) -> np.ndarray:
-    """End-point error map -> RGB (black 0 px, through red and yellow, to white at max_error)."""
-    t = np.clip(np.asarray(epe, np.float32) / max_error, 0, 1)
-    img = np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], axis=-1)
-    img = (255 * img).astype(np.uint8)
+# The KITTI flow devkit's error colours (its flow_error_image), on end-point error in px: bins doubling
+# from 3/16 px, blue below 1.5 px, pale at 1.5-3, yellow to red from 3 px (KITTI's outlier threshold) up,
+# dark red from 48 px. A model wrong everywhere is red everywhere, never blank.
+ERROR_BINS = (0.0, 0.1875, 0.375, 0.75, 1.5, 3.0, 6.0, 12.0, 24.0, 48.0)
+ERROR_COLORS = np.array([(49, 54, 149), (69, 117, 180), (116, 173, 209), (171, 217, 233), (224, 243, 248),
+                         (254, 224, 144), (253, 174, 97), (244, 109, 67), (215, 48, 39), (165, 0, 38)],
+                        np.uint8)  # fmt: skip
+
+
+def error_to_color(epe: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """End-point error map (px) -> RGB in the KITTI devkit's colours (ERROR_BINS); black where there is no
+    ground truth (`valid` False) or the error is not finite."""
+    e = np.asarray(epe, np.float32)
+    img = ERROR_COLORS[np.clip(np.searchsorted(ERROR_BINS, np.nan_to_num(e, nan=0.0), side="right") - 1, 0,
+                               len(ERROR_COLORS) - 1)]  # fmt: skip
+    bad = ~np.isfinite(e)
     if valid is not None:
-        img[~np.asarray(valid, bool)] = (0, 0, 96)  # dark blue: no ground truth here
+        bad |= ~np.asarray(valid, bool)
+    img[bad] = 0
     return img
 
 
@@ -86,7 +98,6 @@ def flow_panel(
     gt: np.ndarray | None = None,
     valid: np.ndarray | None = None,
     max_flow: float | None = None,
-    max_error: float = 5.0,
     annotate: bool = False,
 ) -> np.ndarray:
     """frame1 | frame2 | flow | GT flow | error, side by side (RGB uint8); missing parts are left out.
@@ -94,7 +105,7 @@ def flow_panel(
     flow is a prediction, gt the ground truth (valid marks where it is known). With only gt, the
     panel is frame1 | frame2 | GT. One max_flow (default: the largest valid GT or flow vector) is used
     for both flow pictures so their colours compare. `annotate`: a title over each tile and a legend
-    row below (colour wheel with its px scale, error scale in px), see `annotate_panel`.
+    row below (colour wheel with its px scale, the error colour bar in px), see `annotate_panel`.
     """
     tiles: list[np.ndarray] = [img1, img2]
     titles = ["frame 1", "frame 2"]
@@ -113,11 +124,10 @@ def flow_panel(
         titles.append("ground truth")
     has_error = flow is not None and gt is not None
     if has_error:
-        tiles.append(error_to_color(np.linalg.norm(flow - gt, axis=2), valid, max_error))
+        tiles.append(error_to_color(np.linalg.norm(flow - gt, axis=2), valid))
         titles.append("end-point error")
     if annotate:
-        return annotate_panel(tiles, titles, max_flow if len(tiles) > 2 else None,
-                              max_error if has_error else None)
+        return annotate_panel(tiles, titles, max_flow if len(tiles) > 2 else None, error_legend=has_error)
     return hstack(tiles)
 
 
@@ -131,28 +141,28 @@ def wheel_legend(size: int = 64) -> np.ndarray:
     return disc
 
 
-def error_scale(width: int, max_error: float = 5.0, height: int = 30) -> np.ndarray:
-    """A horizontal colour bar of error_to_color from 0 to max_error px, with tick labels in px."""
+def error_scale(width: int, height: int = 30) -> np.ndarray:
+    """The error colour bar: one equal-width box per bin of error_to_color, its lower edges labelled in px
+    (every other one, so they stay legible)."""
     import cv2
 
     bar_h = max(height - 14, 4)
-    ramp = error_to_color(np.tile(np.linspace(0, max_error, width, dtype=np.float32), (bar_h, 1)),
-                          max_error=max_error)
+    n = len(ERROR_COLORS)
     out = np.full((height, width, 3), 255, np.uint8)
-    out[:bar_h] = ramp
-    for frac in (0.0, 0.5, 1.0):
-        x = int(frac * (width - 1))
-        label = f"{frac * max_error:g}" + (" px" if frac == 1.0 else "")
-        (tw, _), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.35, 1)
-        cv2.putText(out, label, (min(max(x - tw // 2, 0), width - tw), height - 3), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    edges = np.linspace(0, width, n + 1).round().astype(int)
+    for i in range(n):
+        out[:bar_h, edges[i]:edges[i + 1]] = ERROR_COLORS[i]
+    for i in range(0, n, 2):
+        label = f"{ERROR_BINS[i]:g}" + (" px" if i == n - 2 else "")
+        cv2.putText(out, label, (min(edges[i] + 1, width - 20), height - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.33,
+                    (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
 def annotate_panel(tiles: Sequence[np.ndarray], titles: Sequence[str], max_flow: float | None = None,
-                   max_error: float | None = None) -> np.ndarray:
+                   error_legend: bool = False) -> np.ndarray:
     """Tiles side by side with a title over each, and below them a legend row: the colour wheel with
-    the flow magnitude its rim stands for (when `max_flow`), the error scale in px (when `max_error`)."""
+    the flow magnitude its rim stands for (when `max_flow`), the error colour bar in px (`error_legend`)."""
     import cv2
     from unsamflow.pipeline.show import titled
 
@@ -166,8 +176,8 @@ def annotate_panel(tiles: Sequence[np.ndarray], titles: Sequence[str], max_flow:
         cv2.putText(text, f"rim: |flow| >= {max_flow:.3g} px", (6, 38), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (0, 0, 0), 1, cv2.LINE_AA)
         parts += [wheel, text]
-    if max_error is not None:
-        scale = error_scale(min(240, width), max_error, 30)
+    if error_legend:
+        scale = error_scale(min(300, width), 30)
         pad = np.full((48, scale.shape[1], 3), 255, np.uint8)
         pad[9:39] = scale
         parts += [np.full((48, 12, 3), 255, np.uint8), pad]

@@ -29,7 +29,7 @@ def _seg_from_store(store: str, frame: str) -> np.ndarray:
 
 def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray) -> np.ndarray:
     """before | after | |after - before| (RGB), the two flows drawn on one colour scale, titled, with the
-    colour wheel's scale and the difference's scale in px below."""
+    colour wheel's scale and the difference's colour bar in px below."""
     from unsamflow.pipeline.flow.viz import annotate_panel, error_to_color, flow_to_color
     from unsamflow.pipeline.show import label_edges
 
@@ -39,7 +39,7 @@ def before_after_picture(before: np.ndarray, after: np.ndarray, seg: np.ndarray)
     tiles = [flow_to_color(before, max_flow=mag), flow_to_color(after, max_flow=mag), error_to_color(diff)]
     for t in tiles[:2]:
         t[edges] = 0  # region outlines show what was fitted
-    return annotate_panel(tiles, ["before", "after", "|after - before|"], max_flow=mag, max_error=5.0)
+    return annotate_panel(tiles, ["before", "after", "|after - before|"], max_flow=mag, error_legend=True)
 
 
 @click.command("refine")
