@@ -361,6 +361,15 @@ def _environ(updates: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _check_tls_settings(address: str, security) -> None:
+    if address.startswith("tls://") and not security.get_connection_args("client").get("ssl_context"):
+        raise BadInputError(
+            f"--scheduler {address} speaks TLS, but no TLS files are set: give --tls-ca, --tls-cert "
+            "and --tls-key (or set distributed.comm.tls.ca-file / .client.cert / .client.key in "
+            "the Dask config)"
+        )
+
+
 def connect(cfg: ClusterConfig, security):
     """A Client for the scheduler at cfg.scheduler, or a BadInputError that says what to fix.
 
@@ -373,12 +382,7 @@ def connect(cfg: ClusterConfig, security):
 
     address = cfg.scheduler
     tls = address.startswith("tls://")
-    if tls and not security.get_connection_args("client").get("ssl_context"):
-        raise BadInputError(
-            f"--scheduler {address} speaks TLS, but no TLS files are set: give --tls-ca, --tls-cert "
-            "and --tls-key (or set distributed.comm.tls.ca-file / .client.cert / .client.key in "
-            "the Dask config)"
-        )
+    _check_tls_settings(address, security)
     try:
         return Client(address, security=security, timeout=cfg.connect_timeout)
     except (OSError, ValueError) as exc:  # TimeoutError, CommClosedError, ssl.SSLError are OSErrors
@@ -387,6 +391,41 @@ def connect(cfg: ClusterConfig, security):
             hint = (" (if that scheduler uses TLS, give its tls:// address and --tls-ca, --tls-cert, "
                     "--tls-key)")
         raise BadInputError(f"cannot reach Dask scheduler at {address}: {exc}{hint}") from None
+
+
+def preflight(cfg: ClusterConfig) -> None:
+    """What can be checked about the cluster before a command writes anything: the TLS files, SLURM's
+    commands, and that an existing --scheduler answers (one connection, closed again). Before, a tls://
+    address without TLS files and an unreachable scheduler failed only after the manifest and the
+    shards were written."""
+    if cfg.scheduler and cfg.slurm:
+        raise BadInputError("give either --scheduler or SLURM options, not both")
+    check_scheduler_address(cfg.scheduler)
+    security = cluster_security(cfg)
+    if cfg.slurm:
+        check_slurm_commands()
+    elif cfg.scheduler:
+        _check_tls_settings(cfg.scheduler, security)
+        _probe(cfg.scheduler, cfg.connect_timeout)  # a refused port fails at once, not after the timeout
+        connect(cfg, security).close()
+
+
+def _probe(address: str, timeout: str) -> None:
+    """BadInputError unless a TCP connection to the scheduler's host and port opens (Dask's own client
+    retries a refused connection until its whole timeout)."""
+    import socket
+
+    from dask.utils import parse_timedelta
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    protocol, location = parse_address(address, strict=False)
+    if protocol not in ("tcp", "tls"):
+        return
+    host, port = parse_host_port(location)
+    try:
+        socket.create_connection((host, port), timeout=parse_timedelta(timeout)).close()
+    except OSError as exc:
+        raise BadInputError(f"cannot reach Dask scheduler at {address}: {exc.strerror or exc}") from None
 
 
 @contextmanager

@@ -288,6 +288,28 @@ def test_bad_segmenter_options_fail_before_anything_is_written(tmp_path):
         assert not (out / "manifest.json").exists() and not (out / "shards").exists()
 
 
+def test_option_values_and_the_scheduler_are_checked_before_anything_is_written(tmp_path):
+    """Before: these were refused only after the manifest and the shards were written (option values by
+    every shard's worker; the unreachable scheduler after a 30 s wait)."""
+    root = tmp_path / "data"
+    frames(root, [(16, 16)])
+    base = ["run", "--layout", "folder", "--root", str(root), "--workers", "1", "--no-dashboard"]
+    cases = [
+        (["-o", "scales=[3,2,1]"], "scales must be positive and strictly increasing, got [3.0, 2.0, 1.0]"),
+        (["-o", "sigma=-1"], "graph segmenter: sigma must be >= 0, got -1"),
+        (["--scheduler", "tls://127.0.0.1:1"], "speaks TLS, but no TLS files are set"),
+        (["--scheduler", "tcp://127.0.0.1:1"], "cannot reach Dask scheduler at tcp://127.0.0.1:1"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        res = cli([*base, "--out", str(out), *extra])
+        assert res.exit_code == 2 and message in res.output, (extra, res.output)
+        assert not out.exists(), (extra, sorted(p.name for p in out.iterdir()))
+    shard = one_shard(root, ["s/000.png"], tmp_path / "shards")
+    res = cli(["segment", "--shards", str(shard), "--out", str(tmp_path / "stores"), "-o", "sigma=-1"])
+    assert res.exit_code == 2 and "sigma must be >= 0" in res.output and not (tmp_path / "stores").exists()
+
+
 def test_manifest_with_wrong_types_is_named(tmp_path):
     data = {"format": "unsamflow-manifest", "version": 1, "layout": "folder", "root": str(tmp_path),
             "meta": {}, "frames": [{"id": 5, "sequence": "s"}], "pairs": []}

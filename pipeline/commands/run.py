@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import click
+from unsamflow.pipeline.cluster import preflight
 from unsamflow.pipeline.commands.manifest import summary
 from unsamflow.pipeline.commands.options import (
     EXIT_CODES,
@@ -71,6 +72,7 @@ def run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num_
           --checkpoint sam_vit_h_4b8939.pth --model-type vit_h --shards 64 --json > run.json
     """
     check_spec(spec)  # a bad segmenter option, model type or checkpoint fails before anything is written
+    preflight(cluster)  # and so do TLS files, SLURM's commands, a --scheduler that does not answer
     t0 = time.perf_counter()
     stores = out / "stores"
     summary_: dict = {"command": "run", "out": str(out)}

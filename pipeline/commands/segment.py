@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import click
-from unsamflow.pipeline.cluster import ClusterConfig, open_cluster
+from unsamflow.pipeline.cluster import ClusterConfig, open_cluster, preflight
 from unsamflow.pipeline.commands.options import (
     EXIT_CODES,
     cluster_options,
@@ -105,6 +105,7 @@ def segment(shards: Path, out: Path, skip_bad: bool, repair: bool, spec, derive_
           --model-type vit_h --workers 4 --json > segment.json
     """
     check_spec(spec)
+    preflight(cluster)
     with human_output(as_json):
         with output_lock(out, "pipeline segment"):
             sweep_temps(out)

@@ -102,6 +102,12 @@ class GraphSegmenter:
             f"opencv/{cv2.__version__}"
         )
 
+    @staticmethod
+    def check_options(**options: Any) -> None:
+        """The option values, checked on the client before anything is written or any cluster starts
+        (building one is cheap): `-o 'scales=[3,2,1]'` or `-o sigma=-1` fail there, not in every shard."""
+        GraphSegmenter(**options)
+
     def config(self) -> dict[str, Any]:
         return {
             "scales": list(self.scales),
