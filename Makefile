@@ -4,6 +4,8 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
+# A machine without a GPU: make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu (no nvidia-* wheels)
+TORCH_INDEX ?=
 
 # Dataset preparation (make masks DATASET=sintel ROOT=/data/Sintel OUT=/data/masks CHECKPOINT=sam_vit_h.pth)
 DATASET    ?= folder
@@ -32,7 +34,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'setuptools>=77' wheel
-	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 	# sam2 ships only a source archive whose build would fetch a second torch: build it against ours, no CUDA ext
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install -q --no-build-isolation 'sam2>=1.1'
 	$(BIN)/pip install -q -e '.[dev]'

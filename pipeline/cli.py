@@ -1,4 +1,4 @@
-"""`python -m pipeline` / `unsamflow-pipeline`: one command per stage, each idempotent."""
+"""`python -m unsamflow.pipeline` / `unsamflow-pipeline`: one command per stage, each idempotent."""
 
 from __future__ import annotations
 

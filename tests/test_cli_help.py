@@ -59,3 +59,25 @@ def test_pipeline_group_lists_commands_in_pipeline_order():
               and line.strip()]
     assert listed[: len(PIPELINE_ORDER)] == [n for n in PIPELINE_ORDER if n in pipeline_main.commands]
     assert listed.index("manifest") < listed.index("segment") < listed.index("verify") < listed.index("show")
+
+
+def test_help_examples_run_as_written():
+    """Every `python -m X` in a --help is a module that runs (before: 16 examples said `python -m trainer`,
+    which fails when installed), and every `section.key=` of the trainer's help is a key of the config
+    (before: `train --help` showed data.root=, an unknown key)."""
+    import re
+
+    from unsamflow.trainer.config import config_to_dict, load_config
+
+    full = config_to_dict(load_config("cpu-demo"))
+    bad = []
+    for cli, name, _ in commands():
+        main = pipeline_main if cli == "pipeline" else _trainer_main()
+        text = CliRunner().invoke(main, [name, "--help"]).output
+        bad += [f"{cli} {name}: python -m {m}" for m in re.findall(r"python -m ([\w.]+)", text)
+                if m not in ("unsamflow.pipeline", "unsamflow.trainer")]  # fmt: skip
+        if cli == "trainer":
+            for section, key in re.findall(r"(?<![\w./-])([a-z_]+)\.([a-z_]+)(?:\.[\w.]+)?=", text):
+                if section not in full or not isinstance(full[section], dict) or key not in full[section]:
+                    bad.append(f"trainer {name}: unknown config key {section}.{key}")
+    assert bad == []

@@ -341,7 +341,7 @@ def test_config_command_prints_yaml_and_json_that_load_back(tmp_path):
     assert diff_keys(again, expected) == {"name"}
     result = runner.invoke(config_cmd, [*args, "--json"])
     assert result.exit_code == 0 and config_from_dict(json.loads(result.output)) == expected
-    assert "python -m trainer config --preset" in runner.invoke(config_cmd, ["--help"]).output
+    assert "python -m unsamflow.trainer config --preset" in runner.invoke(config_cmd, ["--help"]).output
 
 
 def test_cli_group_reports_config_errors_as_one_line():

@@ -369,3 +369,21 @@ def test_evaluate_progress_is_one_line_per_report_in_a_log(shipped_data, monkeyp
     lines = [x for x in r.output.splitlines() if x.startswith("evaluate ")]
     assert lines and "\r" not in r.output
     assert lines[0].startswith("evaluate 1/") and "ETA" in lines[0]
+
+
+def test_report_says_which_real_samples_were_skipped(tiny_train_set, tmp_path, monkeypatch):
+    """On a pip install the repository's tests/data is absent: the report says the samples were skipped
+    (before: silently dropped)."""
+    from unsamflow.trainer import report
+
+    monkeypatch.setattr(report, "_REPO", tmp_path / "site-packages" / "unsamflow")
+    monkeypatch.setenv("UNSAMFLOW_SHARED_DATA", str(tmp_path / "nothing"))
+    _checkpoint(tmp_path / "run" / "ckpt_0000001.pt", mask_features=True)
+    args = ["report", "--run", str(tmp_path / "run"), "--dataset", "synthetic", "--root",
+            str(tiny_train_set.root), "--masks", str(tiny_train_set.stores), "--max-pairs", "1",
+            "--pictures", "0", "--out", str(tmp_path / "rep"), "--device", "cpu"]  # fmt: skip
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "real samples skipped (Sintel clean (real), KITTI 2015 (real), Middlebury (real))" in r.output
+    assert "UNSAMFLOW_SHARED_DATA" in r.output
+    assert "real samples skipped" in (tmp_path / "rep" / "report.md").read_text()

@@ -25,13 +25,30 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w", str(out),
          str(REPO)],
-        check=True, capture_output=True, cwd=out,
+        check=True, capture_output=True, cwd=out, text=True,
     )
+    (out / "build.log").write_text(built.stdout + built.stderr)
     (whl,) = out.glob("unsamflow-*.whl")
     return whl
+
+
+def test_wheel_builds_without_setuptools_warnings(wheel):
+    """The data folders (data_manifests/, trainer/config/presets/) are declared packages: no "Package would
+    be ignored" warnings, and their files are in the wheel."""
+    log = (wheel.parent / "build.log").read_text()
+    assert "would be ignored" not in log, log[log.find("would be ignored") - 300:][:900]
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "unsamflow/data_manifests/README.md" in names
+    assert "unsamflow/trainer/config/presets/cpu-demo.yaml" in names
+
+
+def test_readme_and_makefile_show_the_cpu_only_torch_install():
+    readme, makefile = (REPO / "README.md").read_text(), (REPO / "Makefile").read_text()
+    assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in readme
+    assert "--index-url $(TORCH_INDEX)" in makefile
 
 
 def test_wheel_holds_every_module_and_the_manifests(wheel):

@@ -1,4 +1,4 @@
-"""refine_flow and `python -m trainer refine`: recovery, region choice, layouts and bad input."""
+"""refine_flow and `python -m unsamflow.trainer refine`: recovery, region choice, layouts and bad input."""
 
 from __future__ import annotations
 

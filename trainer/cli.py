@@ -1,4 +1,4 @@
-"""`python -m trainer` / `unsamflow-trainer`: evaluate, infer and refine flow."""
+"""`python -m unsamflow.trainer` / `unsamflow-trainer`: evaluate, infer and refine flow."""
 
 from __future__ import annotations
 

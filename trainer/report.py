@@ -43,16 +43,35 @@ class ReportSet:
     test_size: str = "default"
 
 
+def sample_roots() -> list[Path]:
+    """Where the real samples are looked for: the repository's tests/data (a source checkout; a wheel does
+    not ship it), then $UNSAMFLOW_SHARED_DATA (default ../shared/data)."""
+    return [_REPO / "tests" / "data",
+            Path(os.environ.get("UNSAMFLOW_SHARED_DATA", _REPO.parent / "shared" / "data"))]  # fmt: skip
+
+
 def real_sample_sets() -> list[ReportSet]:
-    """The shipped real samples (tests/data), else the shared data folder's; missing ones are left out."""
-    roots = [_REPO / "tests" / "data",
-             Path(os.environ.get("UNSAMFLOW_SHARED_DATA", _REPO.parent / "shared" / "data"))]  # fmt: skip
+    """The shipped real samples (tests/data), else the shared data folder's; missing ones are left out
+    (`missing_real_samples` names them, so that callers can say so)."""
+    roots = sample_roots()
     sets = []
     for title, name, folder in REAL_SAMPLES:
         root = next((r / folder for r in roots if (r / folder).is_dir()), None)
         if root is not None:
             sets.append(ReportSet(title, name, root))
     return sets
+
+
+def missing_real_samples() -> str | None:
+    """A sentence naming the real samples that were not found and where they were looked for, or None."""
+    found = {s.name for s in real_sample_sets()}
+    missing = [title for title, name, _ in REAL_SAMPLES if name not in found]
+    if not missing:
+        return None
+    where = " and ".join(str(r) for r in sample_roots())
+    return (f"real samples skipped ({', '.join(missing)}): not found in {where}; a pip install does not ship "
+            "the repository's tests/data: set UNSAMFLOW_SHARED_DATA to a folder holding sintel/, kitti2015/ "
+            "and middlebury/ (e.g. a clone's tests/data), or pass --no-real-samples")  # fmt: skip
 
 
 def build_report(
@@ -64,9 +83,10 @@ def build_report(
     refine: bool = False,
     max_pairs: int = 4,
     pictures: int = 2,
+    notes: list[str] | None = None,
 ) -> Path:
     """Evaluate the checkpoint's model, DIS and zero flow on each set; write out/report.md (+ report.json,
-    pictures/) and return the markdown's path."""
+    pictures/) and return the markdown's path. `notes`: lines for the report's head (what was skipped)."""
     from unsamflow.pipeline.atomic import write_bytes_atomic
     from unsamflow.pipeline.flow import open_dataset
     from unsamflow.pipeline.images import write_png
@@ -93,6 +113,7 @@ def build_report(
         "epe and its non-occluded / occluded parts in px, px1/3/5 the fraction of pixels within 1/3/5 px, "
         "flall the percentage of outliers (> 3 px and > 5 % of the true magnitude), pooled over pixels; "
         "`*_per_image` averages the images (KITTI).", "",
+        *(f"Note: {n}." for n in notes or []), *([""] if notes else []),
     ]  # fmt: skip
     doc: dict = {"checkpoint": network.source, "mask_features": mf, "sets": []}
     for s in sets:

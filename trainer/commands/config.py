@@ -1,4 +1,4 @@
-"""`python -m trainer config`: print a preset resolved (inheritance and overrides applied) and validated."""
+"""`python -m unsamflow.trainer config`: print a preset resolved (inheritance, overrides) and validated."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ def config(preset: str, as_json: bool, overrides: tuple[str, ...]) -> None:
 
     \b
     Examples:
-      python -m trainer config --preset kitti-aug-hg-mf
-      python -m trainer config --preset sintel-base optim.lr=2e-4 data.crop=[320,768] stages.1.w_ar=0.05
-      python -m trainer config --preset cpu-demo --json > demo.json
+      python -m unsamflow.trainer config --preset kitti-aug-hg-mf
+      python -m unsamflow.trainer config --preset sintel-base optim.lr=2e-4 data.crop=[320,768] \
+          stages.1.w_ar=0.05
+      python -m unsamflow.trainer config --preset cpu-demo --json > demo.json
     """
     import yaml
     from unsamflow.trainer.config import config_to_dict, load_config

@@ -1,4 +1,5 @@
-"""`python -m trainer evaluate`: a checkpoint (or a baseline) over a flow dataset -> metrics table + JSON."""
+"""`python -m unsamflow.trainer evaluate`: a checkpoint (or a baseline) over a flow dataset -> metrics
+table + JSON."""
 
 from __future__ import annotations
 

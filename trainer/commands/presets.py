@@ -1,4 +1,4 @@
-"""`python -m trainer presets`: the shipped training presets and what each one is."""
+"""`python -m unsamflow.trainer presets`: the shipped training presets and what each one is."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ def presets() -> None:
 
     \b
     Example:
-      python -m trainer presets
-      python -m trainer config --preset kitti-aug-hg-mf     # one of them, resolved
+      python -m unsamflow.trainer presets
+      python -m unsamflow.trainer config --preset kitti-aug-hg-mf     # one of them, resolved
     """
     from unsamflow.trainer.config import list_presets
 

@@ -1,4 +1,5 @@
-"""`python -m trainer refine`: replace each confidently fitted region's flow by its homography flow."""
+"""`python -m unsamflow.trainer refine`: replace each confidently fitted region's flow by its homography
+flow."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`python -m trainer train`: train a flow network from a preset (one process, or one per device under
-torchrun), writing RUN_DIR/config.yaml, checkpoints/, tensorboard/ and metrics.jsonl."""
+"""`python -m unsamflow.trainer train`: train a flow network from a preset (one process, or one per device
+under torchrun), writing RUN_DIR/config.yaml, checkpoints/, tensorboard/ and metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from unsamflow.pipeline.errors import BadInputError
 
 
 @click.command("train", context_settings={"ignore_unknown_options": False})
-@click.option("--preset", help="Preset name (python -m trainer presets) or a YAML config file.")
+@click.option("--preset", help="Preset name (python -m unsamflow.trainer presets) or a YAML config file.")
 @click.argument("overrides", nargs=-1)
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder: config.yaml, checkpoints/, tensorboard/, metrics.jsonl.")
@@ -40,7 +40,8 @@ def train(preset, overrides, run_dir, resume) -> None:
     from unsamflow.trainer.engine.run import train as run_training
 
     if preset is None and not resume:
-        raise BadInputError("--preset NAME is needed for a new run (python -m trainer presets lists them)")
+        raise BadInputError("--preset NAME is needed for a new run (`python -m unsamflow.trainer presets` "
+                            "lists them)")
     if overrides and preset is None and not resume:
         raise BadInputError(f"overrides {' '.join(overrides)} need --preset")
     from unsamflow.trainer.engine.preemption import EXIT_PREEMPTED, Preempted
