@@ -18,11 +18,16 @@ from unsamflow.pipeline.interop import FORMATS
 @click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
               help="amg: per frame a folder of 0/255 PNG masks {i}.png + metadata.csv, as segment-anything's "
                    "scripts/amg.py writes; coco-rle: per frame one JSON list of records with COCO RLE "
-                   "masks (pycocotools.mask.decode reads them), as amg.py --convert-to-rle writes.")
+                   "masks (pycocotools.mask.decode reads them), as amg.py --convert-to-rle writes; "
+                   "youtube-vis: one video-instance JSON (videos = sequences, one annotation per track; "
+                   "needs --manifest and tracked stores).")
+@click.option("--manifest", "manifest_file", default=None, type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help="youtube-vis: the manifest of the stores (its sequences are the videos).")
 @click.option("--frames", default=None, metavar="GLOB",
               help="Only frame ids matching this shell pattern, e.g. 'alley_1/*' (quote it).")
 @quiet_option
-def export(store_dir: Path, out: Path, fmt: str, frames: str | None, quiet: bool) -> None:
+def export(store_dir: Path, out: Path, fmt: str, manifest_file: Path | None, frames: str | None,
+           quiet: bool) -> None:
     """Write the stored masks in amg.py's format (or COCO RLE JSON) for other tools.
 
     Frame id seq/00001.jpg becomes OUT/seq/00001/ (amg) or OUT/seq/00001.json (coco-rle). Boxes
@@ -34,7 +39,9 @@ def export(store_dir: Path, out: Path, fmt: str, frames: str | None, quiet: bool
       unsamflow-pipeline export --stores work/stores --out work/amg --format amg --frames 'judo/*'
     """
     from unsamflow.pipeline.interop.export import export_stores
+    from unsamflow.pipeline.manifest import Manifest
 
-    res = export_stores(store_dir, out, fmt, frames, progress=not quiet)
+    manifest = Manifest.load(manifest_file) if manifest_file else None
+    res = export_stores(store_dir, out, fmt, frames, progress=not quiet, manifest=manifest)
     skipped = f", {len(res.bad_frames)} bad frames skipped" if res.bad_frames else ""
     click.echo(f"export: {len(res.frames)} frames, {res.masks} masks as {fmt} -> {out}{skipped}")

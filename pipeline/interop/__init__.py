@@ -5,4 +5,4 @@ files; `export` writes a store directory in either format; `importer` turns such
 verified stores. Boxes keep segment-anything's convention (XYWH, w = x_max - x_min), in both formats.
 """
 
-FORMATS = ("amg", "coco-rle")
+FORMATS = ("amg", "coco-rle", "youtube-vis")  # youtube-vis: one JSON for the whole set (interop.youtube_vis)

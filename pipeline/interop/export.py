@@ -34,14 +34,20 @@ class ExportResult:
 
 
 def export_stores(store_dir: Path, out: Path, fmt: str, frames: str | None = None,
-                  progress: bool = True) -> ExportResult:
-    """Write every good frame (matching the glob `frames`, if given) of the indexed stores to `out`."""
+                  progress: bool = True, manifest=None) -> ExportResult:
+    """Write every good frame (matching the glob `frames`, if given) of the indexed stores to `out`
+    (youtube-vis: one file, OUT/youtube-vis.json, videos from `manifest`'s sequences)."""
     from tqdm import tqdm
     from unsamflow.pipeline.progress import bar_disable
     from unsamflow.pipeline.store.index import Index
 
     if fmt not in FORMATS:
         raise BadInputError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt == "youtube-vis":
+        from unsamflow.pipeline.interop.youtube_vis import export_youtube_vis
+
+        written, masks, bad = export_youtube_vis(store_dir, out, manifest, frames, progress)
+        return ExportResult(out, fmt, written, masks, bad)
     index = Index.load(store_dir)
     ids = [f for f in index.frame_ids if frames is None or fnmatch.fnmatchcase(f, frames)]
     if not ids:

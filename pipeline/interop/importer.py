@@ -45,6 +45,10 @@ def source_of(src: Path, frame_id: str, fmt: str) -> Path:
 
 
 def read_records(src: Path, frame_id: str, fmt: str, shape: tuple[int, int]) -> list[dict]:
+    if fmt == "youtube-vis":  # one file for the whole set, with tracks (interop.youtube_vis)
+        from unsamflow.pipeline.interop.youtube_vis import open_vis
+
+        return open_vis(src).records(frame_id, shape)[0]
     path = source_of(src, frame_id, fmt)
     try:
         return read_amg_folder(path, shape) if fmt == "amg" else read_coco_json(path, shape)
@@ -113,6 +117,10 @@ def import_masks(src: Path, fmt: str, manifest_file: Path, out: Path, derive_con
                 res.masks += len(records)
         res.stores.append(out / name)
     bar.close()
+    if fmt == "youtube-vis":
+        from unsamflow.pipeline.interop.youtube_vis import write_imported_tracks
+
+        write_imported_tracks(src, manifest, res.stores)
     build_index(out, manifest=manifest)
     res.verify = verify(out, manifest, check_hashes=False, progress=progress)
     return res
