@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUDGET = 64 * 2**20  # bytes a device call carries: the working tree and the carried wheels together
 NEEDED = ["dask", "distributed", "segment-anything", "sam2", "segment-anything-hq"]
 # The GPU image's Python packages (the device notes' list, read 2026-11-17), normalised names.
-MACHINE_HAS = set("""
+_MACHINE_LIST = """
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
 charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core
 cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock
@@ -52,7 +52,8 @@ sortedcontainers statsmodels sympy tabulate tensorboard tensorboard-data-server 
 tifffile tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric torchmetrics
 torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect urllib3 uvloop
 wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
-""".split())
+"""
+MACHINE_HAS = frozenset(_MACHINE_LIST.split())
 TARGET_ENV = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
               "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
               "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
@@ -64,7 +65,7 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def wheel_set(needed: list[str] = NEEDED, machine_has: set[str] = MACHINE_HAS) -> dict[str, str]:
+def wheel_set(needed: list[str] = NEEDED, machine_has: frozenset[str] = MACHINE_HAS) -> dict[str, str]:
     """{name: installed version} of `needed` and their dependencies (for Python 3.12 Linux, no extras)
     that the machine lacks, walking this environment's installed metadata."""
     out: dict[str, str] = {}
@@ -76,7 +77,8 @@ def wheel_set(needed: list[str] = NEEDED, machine_has: set[str] = MACHINE_HAS) -
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError as exc:
-            raise SystemExit(f"gpu-wheels: {name} is not installed in {sys.prefix}; run `make venv` first") from exc
+            msg = f"gpu-wheels: {name} is not installed in {sys.prefix}; run `make venv` first"
+            raise SystemExit(msg) from exc
         out[name] = dist.version
         for spec in dist.requires or []:
             req = Requirement(spec)
@@ -126,8 +128,8 @@ def _have(name: str, version: str, dest: Path) -> Path | None:
 
 def tree_bytes(repo: Path = REPO, skip: Path | None = None) -> int:
     """Bytes of what a device call sends: git's tracked and untracked-not-ignored files (less `skip`)."""
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo, capture_output=True,
-                         check=True).stdout  # fmt: skip
+    cmd = ["git", "ls-files", "-co", "--exclude-standard", "-z"]
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, check=True).stdout
     total = 0
     for rel in out.decode().split("\0"):
         p = repo / rel
