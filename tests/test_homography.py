@@ -145,8 +145,9 @@ def test_region_selection_and_visibility_rules():
         seg[0, 2 * lab : 2 * lab + 2, :] = lab
         occ[0, 2 * lab, :lab] = True
     occ[0, 0, :] = True  # the background is the most occluded: it must not be chosen
-    slot, valid, area = select_regions(seg.reshape(1, -1), occ.reshape(1, -1), 6)
+    slot, valid, area, labels = select_regions(seg.reshape(1, -1), occ.reshape(1, -1), 6)
     chosen = sorted(int(seg.reshape(-1)[slot[0] == s][0]) for s in range(6))
+    assert labels[0].tolist() == [8, 7, 6, 5, 4, 3]  # most occluded first
     assert chosen == [3, 4, 5, 6, 7, 8] and valid.all() and (area == 60).all()
     # an all-occluded region and one with 10 % visible pixels are skipped; random flow is rejected
     rng = np.random.default_rng(5)

@@ -14,6 +14,7 @@ def main() -> None:
 
 # --- commands (one add_command line each; keep this block sorted) ---
 from unsamflow.trainer.commands.config import config  # noqa: E402, I001
+from unsamflow.trainer.commands.convert import convert  # noqa: E402, I001
 from unsamflow.trainer.commands.evaluate import evaluate  # noqa: E402, I001
 from unsamflow.trainer.commands.infer import infer  # noqa: E402, I001
 from unsamflow.trainer.commands.presets import presets  # noqa: E402, I001
@@ -21,6 +22,7 @@ from unsamflow.trainer.commands.refine import refine  # noqa: E402, I001
 from unsamflow.trainer.commands.report import report  # noqa: E402, I001
 from unsamflow.trainer.commands.train import train  # noqa: E402, I001
 main.add_command(config)
+main.add_command(convert)
 main.add_command(evaluate)
 main.add_command(infer)
 main.add_command(presets)

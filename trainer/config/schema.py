@@ -170,7 +170,10 @@ class OptimConfig(Section):
 
     lr: float = field(4e-4, check=greater(0))  # the maximum of the cycle
     betas: tuple[float, float] = field((0.9, 0.999), check=each(within(0, 1, hi_open=True)))
-    weight_decay: float = field(1e-6, check=at_least(0))
+    weight_decay: float = field(1e-6, check=at_least(0))  # on conv weights only (as the reference)
+    bias_decay: float = field(0.0, check=at_least(0))  # on biases (the reference's bias_decay: 0)
+    # Adam's epsilon: the reference's 1e-7. Most first gradients are below 1e-6, so eps decides the step size.
+    eps: float = field(1e-7, check=greater(0))
     clip: float = field(10.0, check=at_least(0))  # gradient-norm clip, 0 = off
     schedule: Literal["onecycle", "constant"] = "onecycle"
     warmup: float = field(0.05, check=within(0, 1, hi_open=True))  # fraction of iterations (pct_start)

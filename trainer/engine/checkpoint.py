@@ -182,7 +182,15 @@ def model_from_checkpoint(
     """The checkpoint's network in eval mode, and the resolved training config (a dict)."""
     from unsamflow.trainer.model import PWCLite
 
-    state = load_checkpoint(path, map_location=map_location)
+    try:
+        state = load_checkpoint(path, map_location=map_location)
+    except BadInputError:
+        from unsamflow.trainer.convert import reference_model_or_none
+
+        found = reference_model_or_none(path, map_location)  # the reference's / ARFlow's format
+        if found is None:
+            raise
+        return found
     try:
         model = PWCLite(**state["model_args"])
         model.load_state_dict(state["model"])

@@ -20,7 +20,7 @@ RANSAC_THRESH = {"sintel": 3.0, "kitti": 0.5}
 
 def select_regions(
     seg: torch.Tensor, occ: torch.Tensor, num_regions: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The num_regions labels (> 0) per image with the most occluded pixels, in the reference's order.
 
     As the reference (facebookresearch/UnSAMFlow, losses/loss_blocks.py smooth_homography): the
@@ -30,8 +30,8 @@ def select_regions(
     fitted (fewer than min_visible visible pixels), as in the reference.
 
     seg: (B, N) int64 labels in [0, N) (others are ignored, like label 0); occ: (B, N) bool.
-    Returns slot (B, N) in [0, num_regions] (num_regions = not selected), valid (B, num_regions)
-    and area (B, num_regions) of each selected region.
+    Returns slot (B, N) in [0, num_regions] (num_regions = not selected), valid (B, num_regions),
+    area (B, num_regions) of each selected region and its label (B, num_regions; 0 where not valid).
     """
     b, n = seg.shape
     if seg.device.type == "cpu" and seg.numel():
@@ -64,7 +64,7 @@ def select_regions(
         top = torch.cat((top, top.new_zeros(b, pad)), 1)
         labels = torch.cat((labels, labels.new_zeros(b, pad)), 1)
     sel_area = area.gather(1, labels) * valid
-    return slot, valid, sel_area
+    return slot, valid, sel_area, labels * valid
 
 
 def homography_loss(
@@ -95,7 +95,7 @@ def homography_loss(
         )
     seg = full_seg.reshape(b, -1).long()
     occb = occ.reshape(b, -1) != 0
-    slot, valid, area = select_regions(seg, occb, num_regions)
+    slot, valid, area, _ = select_regions(seg, occb, num_regions)
     group = (slot + num_regions * torch.arange(b, device=flow.device)[:, None]).reshape(-1)
     group = torch.where(slot.reshape(-1) < num_regions, group, torch.full_like(group, b * num_regions))
     src = mesh_grid(1, h, w, flow.device, flow.dtype).reshape(2, -1).t().repeat(b, 1)  # (B*N, 2)
@@ -117,9 +117,26 @@ def homography_loss(
         & (fit.inlier_rate >= min_inlier_rate)
     )
     used = torch.cat((use, use.new_zeros(1))).index_select(0, group)
-    per_point = (fit.projected.to(flow.dtype) - target).abs().sum(1)
+    # H(x) in the flow's precision from H scaled to h33 = 1, as the reference applies OpenCV's H (float32):
+    # on pixels that follow H exactly the residual is rounding noise, which then stays the reference's.
+    projected = _project_like_reference(fit.H, src, group, flow.dtype)
+    per_point = (projected - target).abs().sum(1)
     # mean over the batch of (sum over the image's used region pixels) / (H*W)
     return (per_point * used).sum() / (b * h * w)
+
+
+def _project_like_reference(H: torch.Tensor, src: torch.Tensor, group: torch.Tensor, dtype) -> torch.Tensor:
+    """Points src (P, 2) through their group's H (G, 3, 3; group G = identity), in `dtype`, h33 = 1."""
+    h33 = H[:, 2, 2]
+    H = H / torch.where(h33.abs() > 1e-12, h33, torch.ones_like(h33))[:, None, None]
+    eye = torch.eye(3, dtype=H.dtype, device=H.device)[None]
+    c = torch.cat((H, eye), 0).to(dtype).reshape(-1, 9).index_select(0, group)  # (P, 9)
+    x, y = src[:, 0].to(dtype), src[:, 1].to(dtype)
+    den = c[:, 6] * x + c[:, 7] * y + c[:, 8]
+    den = torch.where(den.abs() < 1e-12, torch.full_like(den, 1e-12), den)
+    u = (c[:, 0] * x + c[:, 1] * y + c[:, 2]) / den
+    v = (c[:, 3] * x + c[:, 4] * y + c[:, 5]) / den
+    return torch.stack((u, v), 1)
 
 
 def homography_loss_fwbw(
@@ -138,9 +155,12 @@ def homography_loss_fwbw(
 def homography_loss_reference(
     flow: np.ndarray, seg: np.ndarray, occ: np.ndarray, *, ransac_thresh: float, num_regions: int = 6,
     min_visible: int = 4, min_visible_frac: float = 0.2, min_inlier_rate: float = 0.5,
+    shuffle_seed: int | None = None,
 ) -> float:
     """The plain reference design, for benchmarks and tests: loops over images and regions in numpy,
-    one cv2.findHomography(RANSAC) per region. flow (B, 2, H, W), seg and occ (B, H, W) numpy."""
+    one cv2.findHomography(RANSAC) per region. flow (B, 2, H, W), seg and occ (B, H, W) numpy.
+    shuffle_seed: permute each region's correspondences first (OpenCV's RANSAC is deterministic for one
+    point order; shuffles show its own spread)."""
     import cv2
 
     b, _, h, w = flow.shape
@@ -158,6 +178,9 @@ def homography_loss_reference(
                 continue
             src = np.stack((xs[vis], ys[vis]), -1)
             dst = src + np.stack((flow[i, 0][vis], flow[i, 1][vis]), -1)
+            if shuffle_seed is not None:
+                perm = np.random.default_rng(shuffle_seed).permutation(len(src))
+                src, dst = src[perm], dst[perm]
             H, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_thresh)
             if H is None or mask.mean() < min_inlier_rate:
                 continue

@@ -3,7 +3,8 @@
 At each decoder level a 1x1 conv projects the pyramid features to 32 channels; within each region of the
 full segmentation (nearest-downsampled to the level) the channel-wise maximum over the region's pixels,
 floored at 0 as the reference's one-hot pooling does, is broadcast back to the region, and a shared 1x1
-conv aggregates [projection, region max] ("concat"). The decoder correlates these mask-aware features of frame 1 with those of warped frame 2 as a second cost volume.
+conv aggregates [projection, region max] ("concat"). The decoder correlates these mask-aware features
+of frame 1 with those of warped frame 2 as a second cost volume.
 
 Region pooling is one ``scatter_reduce('amax')`` over ids that number the (image, label) pairs 0..G-1 for
 the whole batch, so it costs the same for 2 regions or 2,000, and labels may be any integers (a store's
