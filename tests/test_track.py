@@ -314,3 +314,29 @@ def test_youtube_vis_export_import_round_trip_is_identical(tmp_path):
     assert assert_same_stores(stores, back) == 6
     a, b = stored_tracks(stores), stored_tracks(back)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_show_tracks_draws_one_colour_per_track(tmp_path):
+    from unsamflow.pipeline.images import read_rgb
+    from unsamflow.pipeline.show_tracks import draw_tracks, track_colour
+    from unsamflow.pipeline.store import build_index
+
+    root = tmp_path / "syn"
+    manifest = synth_set(root, sequences=1, frames=3)
+    stores = instance_stores(root, tmp_path / "stores")
+    args = ["show", "--stores", stores, "--out", tmp_path / "pics", "--tracks", "--count", "3"]
+    cli(args, code=2)  # no index
+    build_index(stores, manifest=manifest)
+    assert "no tracks; run `pipeline track` first" in cli(args, code=2).output
+    run_track(stores, manifest, TrackConfig(), None, progress=False)
+    build_index(stores, manifest=manifest)
+    res = cli(args)
+    strip, _ = read_rgb(Path(res.output.strip()))
+    assert strip.shape[1] == 3 * (128 + 4)  # three 64x128 frames side by side
+    grey = np.full((40, 40, 3), 100, np.uint8)
+    mask = np.zeros((1, 40, 40), bool)
+    mask[0, 10:30, 10:30] = True  # (12, 12): inside, off the outline and the number in the middle
+    a, b = draw_tracks(grey, mask, np.array([5])), draw_tracks(grey, mask, np.array([(1 << 32) + 5]))
+    assert np.array_equal(a, draw_tracks(grey, mask, np.array([5])))
+    assert not np.array_equal(a[12, 12], b[12, 12])
+    assert np.allclose(a[12, 12], 0.4 * 100 + 0.6 * np.array(track_colour(5)), atol=1)
