@@ -38,6 +38,7 @@ class SegmentResult:
     startup_s: float = 0.0  # starting the local cluster (or connecting to one) until workers are up
     phases_s: dict[str, float] = field(default_factory=dict)  # per-frame phase -> seconds, summed (PHASES)
     dashboard: str | None = None
+    stopped: str | None = None  # why dispatching stopped early (a full disk), with what is left to do
 
     def to_dict(self) -> dict:
         """For `--json`: every field (bad frames and failed shards with their reasons)."""
@@ -63,6 +64,8 @@ class SegmentResult:
             lines.append(f"  bad frame {frame}: {reason}")
         for shard, err in sorted(self.failed.items()):
             lines.append(f"  failed shard {shard}: {err}")
+        if self.stopped:
+            lines.append(f"stopped: {self.stopped}")
         return "\n".join(lines)
 
 
@@ -230,6 +233,13 @@ def segment_shards(
             except Exception as exc:  # a shard failing after its retries: keep the others going
                 res.failed[name] = describe_failure(exc)
                 continue
+            if stats.get("disk_full"):  # not transient: stop dispatching instead of filling it again
+                res.failed[name] = stats["disk_full"]
+                left = [futures[f] for f in futures if not f.done()]
+                with contextlib.suppress(Exception):
+                    client.cancel([f for f in futures if not f.done()])
+                res.stopped = disk_full_summary(store_dir, stats["disk_full"], left, res.failed)
+                break
             res.written += 1
             # Progress events come in batches and may trail the result: count a finished shard whole.
             finished += stats["frames"] + len(stats["bad"])
@@ -249,6 +259,23 @@ def segment_shards(
             client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
     return res
+
+
+def disk_full_summary(store_dir: Path, what: str, not_run: list[str], failed: dict[str, str]) -> str:
+    """One line for a run stopped by a full disk: where, what is free, what the unwritten shards need
+    (at the mean size of the complete stores there), and that the complete stores are kept."""
+    import shutil
+
+    from unsamflow.pipeline.masks import fmt_bytes
+    from unsamflow.pipeline.store.index import store_files
+
+    sizes = [p.stat().st_size for p in store_files(store_dir)]
+    free = shutil.disk_usage(store_dir).free
+    todo = len(not_run) + len([n for n, why in failed.items() if why == what])
+    need = (f"the {todo} shards not written need about {fmt_bytes(todo * sum(sizes) / len(sizes))} (at "
+            f"{fmt_bytes(sum(sizes) / len(sizes))} per store)" if sizes else f"{todo} shards not written")
+    return (f"{what} ({fmt_bytes(free)} free): {need}; free space and run again: the {len(sizes)} complete "
+            "stores are kept and skipped")
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -30,6 +31,18 @@ class BadFrameError(PipelineError):
 
 class StoreError(PipelineError):
     """A mask store is missing, corrupt, or inconsistent with its siblings."""
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Is `exc` (or what caused it) "no space left on device" (ENOSPC, or EDQUOT: over a quota)? Not a
+    transient error: retrying a task that failed of it only fills the disk again."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class ReportingGroup(click.Group):

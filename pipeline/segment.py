@@ -14,11 +14,12 @@ import os
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from unsamflow.pipeline.errors import BadFrameError, BadInputError, StoreError
+from unsamflow.pipeline.errors import BadFrameError, BadInputError, StoreError, is_disk_full
 from unsamflow.pipeline.manifest import Manifest
 from unsamflow.pipeline.segmenters.base import Segmenter, SegmenterSpec
 
@@ -283,11 +284,11 @@ def segment_shard(
     every frame of a shard is broken, not the frames: then the shard fails (and is retried) instead
     of becoming a store of bad frames. Per-phase seconds come back in stats["phases_s"] (PHASES).
     """
-    from unsamflow.pipeline.derive import DeriveConfig, derive
+    from unsamflow.pipeline.derive import DeriveConfig
     from unsamflow.pipeline.segmenters import BUILTIN_SEGMENTERS
-    from unsamflow.pipeline.store import StoreWriter
 
     t_start = time.perf_counter()
+    quiet_h5py_disk_full()
     budget = frame_memory or default_frame_budget()
     progress = ProgressSink()
     shard = Manifest.load(shard_file)
@@ -306,6 +307,54 @@ def segment_shard(
         "manifest_sha256": shard.meta.get("manifest_sha256"),
         "shard_file": Path(shard_file).name,
     }
+    try:
+        _write_store(shard, store_path, seg, spec, cfg, source, budget, check, progress, stats, phases)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        # Not transient: returned, not raised, so that Dask does not retry it; the client stops
+        # dispatching. The writer has removed its temporary file.
+        stats["disk_full"] = f"no space left on {store_path.parent}"
+        stats["frames"], stats["masks"], stats["bad"] = 0, 0, {}
+    progress.flush()
+    stats["segmenter_s"] = phases["segment"]
+    stats["task_s"] = time.perf_counter() - t_start
+    return stats
+
+
+def _h5py_disk_full_echo(exc: BaseException | None, where: object = None) -> bool:
+    """Is this one of h5py's deallocators repeating a failed write of a full disk?"""
+    return isinstance(exc, RuntimeError) and "No space left on device" in str(exc) and (
+        "h5py" in repr(where) or "_dealloc" in "".join(traceback.format_tb(exc.__traceback__)))
+
+
+def quiet_h5py_disk_full() -> None:
+    """After a write failed for lack of space, h5py's deallocators retry the flush of every object of
+    the dropped file and print a traceback each (twice: through sys.excepthook and as "Exception
+    ignored in ... __dealloc__"), 30 lines for one full disk that the summary names once. Those, and
+    only those, are not printed. Idempotent; installed in each worker process by its first task."""
+    if getattr(sys.unraisablehook, "unsamflow_disk_full", False):
+        return
+    unraisable_before, except_before = sys.unraisablehook, sys.excepthook
+
+    def unraisable(u) -> None:
+        if not _h5py_disk_full_echo(u.exc_value, u.object):
+            unraisable_before(u)
+
+    def excepthook(kind, value, tb) -> None:
+        if not _h5py_disk_full_echo(value):
+            except_before(kind, value, tb)
+
+    unraisable.unsamflow_disk_full = True  # type: ignore[attr-defined]
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
+
+
+def _write_store(shard: Manifest, store_path: Path, seg: Segmenter, spec: SegmenterSpec, cfg, source: dict,
+                 budget: int, check: bool, progress: ProgressSink, stats: dict, phases: dict) -> None:
+    """segment_shard's work: every frame of `shard` segmented, derived and written into its store."""
+    from unsamflow.pipeline.derive import derive
+    from unsamflow.pipeline.store import StoreWriter
+
     with StoreWriter(
         store_path,
         segmenter=segmenter_info(seg, spec),
@@ -323,7 +372,7 @@ def segment_shard(
             so the shard fails. Anything else: this frame's, unless every frame has one (failures)."""
             if isinstance(exc, BadFrameError):
                 return exc.reason
-            if isinstance(exc, BadInputError):
+            if isinstance(exc, BadInputError) or is_disk_full(exc):
                 raise exc
             failures.append(exc)
             return f"segmenter {spec.name!r} {what}: {type(exc).__name__}: {exc}"
@@ -419,7 +468,3 @@ def segment_shard(
         t0 = time.perf_counter()
         writer.commit()
         phases["write"] += time.perf_counter() - t0
-    progress.flush()
-    stats["segmenter_s"] = phases["segment"]
-    stats["task_s"] = time.perf_counter() - t_start
-    return stats

@@ -471,6 +471,44 @@ def test_killed_derive_leaves_no_temp_and_full_disk_leaves_no_temp(tmp_path):
     assert sys.platform.startswith("linux")
 
 
+def test_full_disk_stops_the_run_once_without_retries_and_keeps_complete_stores(tmp_path):
+    """A real full disk: a 160 KiB tmpfs (room for two 64 KiB stores) in a private mount namespace
+    (`unshare`, no root needed). Before: Dask retried every shard that hit it, ~30 tracebacks and
+    failed shards without saying why. Now: no retry, dispatching stops, one summary line naming the
+    disk and what the rest needs; the two complete stores stay, and once there is room the next run
+    does only the rest."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux unshare to mount a small tmpfs")
+    root = tmp_path / "data"
+    ids = [i for s in range(4) for i in frames(root, [(64, 96)] * 4, f"s{s}")]
+    m = Manifest("folder", str(root), [Frame(i, i.split("/")[0]) for i in ids])
+    m.save(tmp_path / "m.json")
+    assert cli(["shard", "--manifest", str(tmp_path / "m.json"), "--num-shards", "4",
+                "--out", str(tmp_path / "shards")]).exit_code == 0
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    seg = (f"{PYTHON} -m unsamflow.pipeline segment --shards {tmp_path / 'shards'} --out {disk}/st "
+           "--workers 1 --no-dashboard -q")
+    script = (f"mount -t tmpfs -o size=160k none {disk} || exit 99; {seg}; echo rc=$?; ls -a {disk}/st; "
+              f"mount -o remount,size=1m {disk} && {seg} && echo second=ok")
+    proc = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], env=TESTS_ENV,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode == 99:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {proc.stderr.strip()}")
+    out = proc.stdout + proc.stderr
+    first, second = proc.stdout.split("rc=")
+    assert second.startswith("1"), out
+    assert "Traceback" not in out and "Compute Failed" not in out and "Errno" not in out, out
+    assert first.count("no space left on") == 2, out  # the failed shard, and the one summary line
+    assert f"stopped: no space left on {disk}/st (" in first and "the 2 complete stores are kept" in first
+    assert "2 shards not written need about" in first and "(2 written, 0 already complete, 1 failed)" in first
+    listing = second.split("shards:")[0]
+    assert listing.count(".h5.sha256.json") == 2 and ".tmp-" not in listing, out
+    assert "(2 written, 2 already complete, 0 failed)" in second and "second=ok" in second, out
+
+
 def test_sam_frame_over_the_budget_is_refused_before_the_generator_runs(tmp_path):
     """SAM's full-resolution batch (points_per_batch x 3 float32 logits of H x W) is what an 8000x8000
     frame dies of; its estimate is checked before the call. Its run-length output equals its masks."""

@@ -134,6 +134,11 @@ def _run(layout, root, layout_opts, manifest_file, allow_partial, out: Path, num
                              cluster_context=shared, repair=repair, check_hashes=not no_hash)
         stage("segment")
         click.echo(result.summary())
+        if result.stopped:  # a full disk: the later stages could not write either
+            if summary_ is not None:
+                summary_.update(manifest=str(manifest_path), frames=len(manifest.frames),
+                                shards=len(shard_paths), segment=result.to_dict(), stages_s=stages)
+            return 1
 
         tracked = None
         if track_config is not None and not result.failed:  # failed shards: frames are missing, no tracks

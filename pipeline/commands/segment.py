@@ -64,7 +64,7 @@ def run_segment(
         result.startup_s = startup
         if not has_dashboard:
             result.dashboard = None
-    if result.failed and not result.written and not result.skipped:
+    if result.failed and not result.written and not result.skipped and not result.stopped:
         click.echo(result.summary())
         first = min(result.failed)
         raise PipelineError(f"every shard failed ({len(result.failed)} of {result.shards}); the first, "

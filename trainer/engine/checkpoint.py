@@ -15,7 +15,6 @@ earlier checkpoints as they were.
 
 from __future__ import annotations
 
-import errno
 import random
 import shutil
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from unsamflow import __version__
 from unsamflow.pipeline.atomic import replace_atomic, temp_path, write_bytes_atomic
-from unsamflow.pipeline.errors import BadInputError, PipelineError
+from unsamflow.pipeline.errors import BadInputError, PipelineError, is_disk_full
 from unsamflow.pipeline.images import file_sha256
 
 FORMAT = "unsamflow-checkpoint"
@@ -83,9 +82,8 @@ def _tensor_bytes(obj: Any) -> int:
 def _disk_full(exc: BaseException, folder: Path, need: int) -> bool:
     """Did this write fail for lack of space? ENOSPC / EDQUOT, or torch's own words for a short write
     ("unexpected pos ...", "file write failed") while the folder has less free space than the file."""
-    for e in (exc, exc.__cause__, exc.__context__):
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
+    if is_disk_full(exc):
+        return True
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
