@@ -300,3 +300,15 @@ def test_an_arflow_checkpoint_without_upsampler_needs_allow_missing(tmp_path):
     assert r.exit_code == 2 and "no learned upsampler" in r.output
     r = CliRunner().invoke(main, [*args, "--allow-missing"])
     assert r.exit_code == 0, r.output
+
+
+def test_augmentation_loss_normalises_as_the_reference():
+    """mean(err * noc) / (mean(noc) + 1e-7), the reference's ARFlow trainer formula."""
+    from unsamflow.trainer.losses.augmentation import masked_flow_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, pseudo = torch.randn(2, 2, 8, 12, generator=g), torch.randn(2, 2, 8, 12, generator=g)
+    noc = (torch.rand(2, 1, 8, 12, generator=g) > 0.999).float()  # almost nothing visible: eps matters
+    noc[0, 0, 0, 0] = 1.0
+    expected = ((pred - pseudo).abs() * noc).mean() / (noc.mean() + 1e-7)
+    assert float(masked_flow_loss(pred, pseudo, noc)) == pytest.approx(float(expected), rel=1e-6)
