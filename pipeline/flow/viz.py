@@ -123,7 +123,7 @@ def flow_panel(
         tiles.append(flow_to_color(gt, valid, max_flow=max_flow))
         titles.append("ground truth")
     has_error = flow is not None and gt is not None
-    if has_error:
+    if flow is not None and gt is not None:
         tiles.append(error_to_color(np.linalg.norm(flow - gt, axis=2), valid))
         titles.append("end-point error")
     if annotate:

@@ -166,7 +166,7 @@ def _resolve_options(spec: Layout, given: dict[str, Any]) -> dict[str, Any]:
         bad = [v for v in (value if isinstance(value, list) else [value]) if allowed and v not in allowed]
         if bad:
             raise BadInputError(
-                f"layout {spec.name!r}: option {key!r} got {bad[0]!r}; choose from {', '.join(allowed)}"
+                f"layout {spec.name!r}: option {key!r} got {bad[0]!r}; choose from {', '.join(allowed or ())}"
             )
         opts[key] = value
     return opts

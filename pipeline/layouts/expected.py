@@ -13,16 +13,22 @@ gives are checked:
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from functools import cache
 from importlib.resources import files
-from importlib.resources.abc import Traversable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from unsamflow.pipeline.errors import BadInputError
 from unsamflow.pipeline.layouts.base import group_of
 from unsamflow.pipeline.manifest import Manifest
+
+if TYPE_CHECKING:  # importlib.resources.abc is new in Python 3.11 (mypy's python_version 3.10 found it)
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 # The repository's data_manifests/ is package data of `unsamflow` (pyproject.toml), so this is the same
 # folder in a source checkout, an editable install and a wheel.

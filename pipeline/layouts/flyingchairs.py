@@ -33,7 +33,7 @@ def _scan(root: Path, options: dict[str, Any]) -> ScanResult:
             m = PAIR_FRAME.fullmatch(name)
             if m is not None:
                 stems.setdefault(m["stem"], []).append((int(m["k"]), name))
-        used = set()
+        used: set[str] = set()
         for stem, frames in stems.items():
             if len(frames) != 2:
                 continue

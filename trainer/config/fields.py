@@ -195,7 +195,7 @@ def convert(tp: Any, value: Any, path: str, sub_checks: Mapping[str, Check] | No
         return _convert_tuple(tp, args, value, path)
     if origin is dict:
         return _convert_dict(tp, args, value, path)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build(tp, value, path, sub_checks)
     if tp is bool:
         if isinstance(value, bool):
@@ -292,7 +292,7 @@ class Section:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            tp = hints(type(self))[f.name]
+            tp = hints(typing.cast(type, type(self)))[f.name]
             value = convert(tp, getattr(self, f.name), f.name, f.metadata.get("sub_checks"))
             check = f.metadata.get("check")
             if check is not None and value is not None:

@@ -19,33 +19,12 @@ _MAX_LISTED = 20
 
 
 def load_init_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The network weights of a checkpoint, in our names.
-
-    Uses trainer.convert's `load_weights_any` when it exists (it also reads the reference's and ARFlow's
-    checkpoint formats); otherwise an unsamflow checkpoint (a run folder: its latest), or a reference one
-    through trainer.convert's renaming."""
+    """The network weights of a checkpoint (a run folder: its latest) in our names: an unsamflow checkpoint,
+    or the reference's / ARFlow's format renamed (trainer.convert.load_weights_any)."""
+    from unsamflow.trainer.convert import load_weights_any
     from unsamflow.trainer.evaluation.checkpoints import find_checkpoint
 
-    path = find_checkpoint(path)
-    try:
-        from unsamflow.trainer.convert import load_weights_any  # type: ignore[attr-defined]
-    except ImportError:
-        load_weights_any = None
-    if load_weights_any is not None:
-        return dict(load_weights_any(path))
-    from unsamflow.trainer.engine.checkpoint import load_checkpoint
-
-    try:
-        return dict(load_checkpoint(path)["model"])
-    except BadInputError as not_ours:
-        try:
-            from unsamflow.trainer import convert
-        except ImportError:
-            raise not_ours from None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not convert.is_reference_checkpoint(state):
-            raise
-        return convert.reference_state_dict_to_ours(state["state_dict"], source=f"checkpoint {path}")
+    return load_weights_any(find_checkpoint(path))
 
 
 def match_weights(model: torch.nn.Module, weights: dict[str, Any], strict: bool,
