@@ -16,8 +16,10 @@ Work across machines goes through an explicit --scheduler or SLURM; with --tls-c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -286,11 +288,13 @@ def pre_spawn_environ(cfg: ClusterConfig) -> dict[str, str]:
     }
 
 
-def slurm_cluster(options: dict, security=None):
+def slurm_cluster(options: dict, security=None, failures: list[str] | None = None):
     """A dask-jobqueue SLURMCluster (not yet scaled) and the number of jobs to ask for.
 
     options are SLURMCluster's own (queue, account, walltime, job_extra_directives, ...) plus
-    "jobs"; cores/processes default to one single-process worker per job (one GPU per job).
+    "jobs"; cores/processes default to one single-process worker per job (one GPU per job), the
+    dashboard to 127.0.0.1:8787 (reach it through an SSH tunnel). `failures` collects sbatch's
+    messages of failed submissions (see _recording_job).
     Its scheduler must be reachable from the compute nodes, so it is not on loopback: give
     --tls-* (security) to make that network traffic mutual TLS; jobqueue then starts the scheduler
     and the job scripts' workers on tls:// with those files.
@@ -306,13 +310,53 @@ def slurm_cluster(options: dict, security=None):
     opts.setdefault("cores", 1)
     opts.setdefault("processes", 1)
     opts.setdefault("memory", "16GB")
+    if "dashboard_address" not in opts:  # Dask's default is every interface (0.0.0.0:8787)
+        scheduler_options = dict(opts.get("scheduler_options") or {})
+        scheduler_options.setdefault("dashboard_address", f"{LOOPBACK}:8787")
+        opts["scheduler_options"] = scheduler_options
     if security is not None:
         opts.setdefault("security", security)  # jobqueue then defaults the protocol to tls://
+    if failures is not None:
+        opts.setdefault("job_cls", _recording_job(failures))
     try:
         cluster = SLURMCluster(**opts)
     except (TypeError, ValueError) as exc:
         raise BadInputError(f"bad SLURM option: {str(exc).splitlines()[0]}") from None
     return cluster, jobs
+
+
+def _recording_job(failures: list[str]):
+    """SLURMJob that records why `sbatch` failed (its own stderr) in `failures`, so that the client ends
+    the run at the first failed submission instead of waiting --worker-timeout for workers that will
+    never come while jobqueue logs a traceback per try."""
+    from dask_jobqueue.slurm import SLURMJob
+    from distributed.core import Status
+
+    class RecordingSLURMJob(SLURMJob):
+        async def start(self):
+            try:
+                await super().start()
+            except Exception as exc:  # recorded, not raised: jobqueue would log it and try again
+                failures.append(sbatch_message(exc))
+                # SpecCluster asserts a started job is "running"; this one has no job id, so closing it
+                # cancels nothing, and the client ends the run at once (wait_for_slurm).
+                self.status = Status.running
+
+    return RecordingSLURMJob
+
+
+def sbatch_message(exc: BaseException) -> str:
+    """sbatch's own words from jobqueue's "Command exited with non-zero exit code ... stderr: ..." error."""
+    text = str(exc)
+    _, sep, err = text.partition("stderr:")
+    lines = [x.strip() for x in (err if sep else text).splitlines() if x.strip()]
+    return " ".join(lines) or type(exc).__name__
+
+
+NO_TLS_WARNING = (
+    "WARNING: the SLURM cluster runs without TLS: its scheduler listens on every interface of this host "
+    "and runs any code a client that reaches its port sends, as you. Use --tls-auto (a throw-away CA and "
+    "certificates in the output folder) or --tls-ca/--tls-cert/--tls-key.")
 
 
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel")
@@ -345,6 +389,27 @@ def wait_for_workers(client, timeout: float, what: str = "the cluster") -> None:
             f"no Dask worker joined {what} within {timeout:.0f} s (--worker-timeout); check that workers "
             "can start and reach the scheduler (for SLURM: squeue, and the job logs)"
         ) from None
+
+
+def wait_for_slurm(client, timeout: float, failures: list[str], poll: float = 0.2) -> None:
+    """Wait at most `timeout` s for a first SLURM worker; a failed sbatch ends the wait at once with
+    sbatch's own message (PipelineError)."""
+    import time
+
+    from unsamflow.pipeline.errors import PipelineError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if failures:
+            raise PipelineError(f"sbatch failed, so no SLURM job can start: {failures[0]}")
+        try:
+            client.wait_for_workers(1, timeout=poll)
+            return
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise PipelineError(
+                    f"no Dask worker joined the SLURM cluster within {timeout:.0f} s (--worker-timeout); "
+                    "check squeue and the job logs") from None
 
 
 @contextmanager
@@ -449,9 +514,13 @@ def open_cluster(cfg: ClusterConfig) -> Iterator:
     # process leaves its values behind), else from its config: set both, for the cluster's whole life.
     pre = pre_spawn_environ(cfg)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": pre}), _environ(pre):
+        failures: list[str] = []
         if cfg.slurm:
             check_slurm_commands()
-            cluster, jobs = slurm_cluster(cfg.slurm, security if cfg.tls_ca else None)
+            tls = cfg.tls_ca or security.require_encryption
+            if not tls:
+                print(NO_TLS_WARNING, file=sys.stderr, flush=True)
+            cluster, jobs = slurm_cluster(cfg.slurm, security if cfg.tls_ca else None, failures)
             cluster.scale(jobs=jobs)
         else:
             scheduler = {
@@ -471,10 +540,16 @@ def open_cluster(cfg: ClusterConfig) -> Iterator:
         try:
             client = Client(cluster, security=security, timeout=cfg.connect_timeout)
             try:
-                wait_for_workers(client, cfg.worker_timeout, "the SLURM cluster" if cfg.slurm else
-                                 "the local cluster")
+                if cfg.slurm:
+                    wait_for_slurm(client, cfg.worker_timeout, failures)
+                else:
+                    wait_for_workers(client, cfg.worker_timeout, "the local cluster")
                 yield client
             finally:
                 client.close()
         finally:
-            cluster.close()
+            if failures:  # jobqueue's close of a cluster whose jobs never started can fail on its own
+                with contextlib.suppress(Exception):
+                    cluster.close()
+            else:
+                cluster.close()

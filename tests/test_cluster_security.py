@@ -265,3 +265,43 @@ def test_segment_cli_on_a_tls_scheduler(shared_data, tls, tls_cluster, tmp_path)
         # the shard ran in the external worker, which also listens on loopback over TLS only
         ran = client.run(lambda: "unsamflow.pipeline.segment" in sys.modules)
         assert list(ran.values()) == [True] and next(iter(ran)).startswith("tls://127.0.0.1:"), ran
+
+
+def test_slurm_dashboard_on_loopback_and_tls_auto_makes_private_files(tmp_path):
+    """Before: a SLURM cluster's dashboard listened on 0.0.0.0:8787, and TLS for SLURM took six openssl
+    commands. The dashboard is on loopback unless asked otherwise; --tls-auto makes a throw-away CA
+    and certificate in the output folder, readable by the user only (the CA's key is not kept)."""
+    import stat
+
+    from test_reliability import frames, one_shard
+    from unsamflow.pipeline.cluster import slurm_cluster
+
+    pytest.importorskip("dask_jobqueue")
+    cluster, _ = slurm_cluster({"jobs": 1})
+    try:
+        assert cluster.scheduler_spec["options"]["dashboard_address"] == f"{LOOPBACK}:8787"
+        bound = [s.getsockname()[0] for s in cluster.scheduler.http_server._sockets.values()]
+        assert bound == [str(LOOPBACK)], bound  # jobqueue's own default: 0.0.0.0
+    finally:
+        cluster.close()
+
+    root = tmp_path / "data"
+    shard = one_shard(root, frames(root, [(16, 16)]), tmp_path / "shards")
+    out = tmp_path / "st"
+    res = CliRunner().invoke(main, ["segment", "--shards", str(shard), "--out", str(out), "--tls-auto",
+                                    "--workers", "1", "--no-dashboard", "-q"])
+    assert res.exit_code == 0, res.output
+    tls_dir = out / "tls"
+    assert sorted(p.name for p in tls_dir.iterdir()) == ["ca.pem", "node.key", "node.pem"]
+    assert stat.S_IMODE(tls_dir.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in tls_dir.iterdir())
+    files = _tls_config({"ca": tls_dir / "ca.pem", "cert": tls_dir / "node.pem", "key": tls_dir / "node.key"})
+    files.workers, files.gpus, files.dashboard = 1, [], None
+    with open_cluster(files) as client:  # the files make a working mutual-TLS cluster
+        assert client.scheduler_info()["address"].startswith("tls://127.0.0.1:")
+    before = (tls_dir / "node.pem").read_bytes()
+    res = CliRunner().invoke(main, ["run", "--manifest", str(shard), "--out", str(tmp_path / "run"),
+                                    "--tls-auto", "--tls-ca", str(tls_dir / "ca.pem")])
+    assert res.exit_code == 2 and "either --tls-auto or --tls-ca" in res.output, res.output
+    CliRunner().invoke(main, ["segment", "--shards", str(shard), "--out", str(out), "--tls-auto", "-q"])
+    assert (tls_dir / "node.pem").read_bytes() == before  # valid files are reused

@@ -98,6 +98,32 @@ def test_slurm_without_sbatch_is_refused_not_a_hang(tmp_path):
     assert not (tmp_path / "st" / "shard-00000-of-00001.h5").exists()
 
 
+def test_failed_sbatch_ends_the_run_at_once_with_its_message(tmp_path):
+    """Before: jobqueue logged a traceback per try and the client waited the whole --worker-timeout (once
+    ending in `AssertionError: Status.created` from cluster.close()). Now the first failed submission
+    ends the run with sbatch's own words; and a SLURM cluster without TLS is announced loudly."""
+    pytest.importorskip("dask_jobqueue")
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid "
+                                  "account or account/partition combination specified' >&2\nexit 1\n")
+    for name in ("squeue", "scancel"):
+        (stubs / name).write_text("#!/bin/sh\nexit 0\n")
+    for f in stubs.iterdir():
+        f.chmod(0o755)
+    root = tmp_path / "data"
+    shard = one_shard(root, frames(root, [(16, 16)]), tmp_path / "shards")
+    env = {**TESTS_ENV, "PATH": f"{stubs}:{VENV_BIN}:/usr/bin:/bin"}
+    proc = pipeline_proc(["segment", "--shards", str(shard), "--out", str(tmp_path / "st"), "--slurm-jobs",
+                          "2", "--worker-timeout", "600"], timeout=120, env=env)  # ends long before
+    assert proc.returncode == 2, proc.stderr
+    assert ("error: sbatch failed, so no SLURM job can start: sbatch: error: Batch job submission failed: "
+            "Invalid account") in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "AssertionError" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("WARNING: the SLURM cluster runs without TLS") == 1, proc.stderr
+    assert "--tls-auto" in proc.stderr
+
+
 def test_no_worker_or_every_worker_dead_fails_with_a_message(tmp_path):
     root = tmp_path / "data"
     shard = one_shard(root, frames(root, [(16, 16)] * 3), tmp_path / "shards")

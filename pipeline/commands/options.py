@@ -156,6 +156,10 @@ def cluster_options(f):
                   help="This client's certificate for mutual TLS (needs --tls-ca, --tls-key).")
     @click.option("--tls-key", type=click.Path(dir_okay=False), default=None, metavar="PEM",
                   help="Private key of --tls-cert (needs --tls-ca, --tls-cert).")
+    @click.option("--tls-auto", is_flag=True,
+                  help="Mutual TLS without files of your own: a throw-away CA and one certificate for "
+                       "scheduler, workers and this client, made in OUT/tls/ (readable by you only; SLURM "
+                       "jobs read it from the shared file system). The one step that secures SLURM.")
     @click.option("--slurm-jobs", type=click.IntRange(min=1), default=None,
                   help="Run on SLURM through dask-jobqueue with this many jobs.")
     @click.option("--slurm-option", "slurm_opts", multiple=True, metavar="KEY=VALUE",
@@ -173,13 +177,22 @@ def cluster_options(f):
                   help="Memory one frame may use on a worker (e.g. 2GiB); a frame that needs more is "
                        "recorded bad with the numbers. auto: half the worker's memory limit.")
     @functools.wraps(f)
-    def wrapper(*args, workers, threads_per_worker, scheduler, tls_ca, tls_cert, tls_key, slurm_jobs,
-                slurm_opts, dashboard, worker_timeout, frame_memory, **kwargs):
+    def wrapper(*args, workers, threads_per_worker, scheduler, tls_ca, tls_cert, tls_key, tls_auto,
+                slurm_jobs, slurm_opts, dashboard, worker_timeout, frame_memory, **kwargs):
         slurm = parse_kv(slurm_opts, "--slurm-option")
         if slurm_jobs:
             slurm["jobs"] = slurm_jobs
         elif slurm:
             raise BadInputError("--slurm-option needs --slurm-jobs N")
+        if tls_auto:
+            if tls_ca or tls_cert or tls_key:
+                raise BadInputError("give either --tls-auto or --tls-ca/--tls-cert/--tls-key, not both")
+            if kwargs.get("out") is None:
+                raise BadInputError("--tls-auto needs --out (its certificates are made there)")
+            from unsamflow.pipeline.tls import TLS_DIR, throwaway_tls
+
+            made = throwaway_tls(Path(kwargs["out"]) / TLS_DIR)
+            tls_ca, tls_cert, tls_key = (str(made[k]) for k in ("ca", "cert", "key"))
         cluster = ClusterConfig(
             scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,
             dashboard=f"{LOOPBACK}:0" if dashboard else None, slurm=slurm,
