@@ -385,3 +385,38 @@ def test_synthetic_layout_refuses_a_sintel_tree(shipped_data, tmp_path):
 
     generate_dataset(tmp_path / "s", sequences=1, frames=2, size=(32, 48), seed=0)
     assert len(scan("synthetic", tmp_path / "s").pairs) == 1
+
+
+def test_kitti_raw_and_sintel_raw_layouts(tmp_path):
+    """The reference's first-phase data: KITTI raw drives (pairs from its list when present) and ARFlow's
+    raw Sintel frames."""
+    import yaml
+
+    root = tmp_path / "kitti_raw"
+    for drive in ("2011_09_26_drive_0001_sync", "2011_09_26_drive_0002_sync"):
+        for cam in ("image_02", "image_03"):
+            touch(root, *(f"2011_09_26/{drive}/{cam}/data/{i:010d}.png" for i in range(3)))
+    touch(root, "2011_09_26/calib_cam_to_cam.txt", "2011_09_26/2011_09_26_drive_0001_sync/oxts/x.txt")
+    m = scan("kitti-raw", root)
+    assert len(m.frames) == 12 and len({f.sequence for f in m.frames}) == 4 and len(m.pairs) == 8
+    assert m.pairs[0].frame1 == "2011_09_26/2011_09_26_drive_0001_sync/image_02/data/0000000000.png"
+    assert len(scan("kitti-raw", root, cameras="image_02").pairs) == 4
+    d = "2011_09_26/2011_09_26_drive_0002_sync"
+    (root / "kitti_train_2f_sv.txt").write_text(
+        f"{d}/image_02/data/0000000000.png {d}/image_02/data/0000000001.png "
+        f"{d}/image_03/data/0000000000.png {d}/image_03/data/0000000001.png\n")
+    listed = scan("kitti-raw", root)  # the reference's list decides the pairs
+    assert [(p.frame1[-28:], p.frame2[-14:]) for p in listed.pairs] == [
+        ("image_02/data/0000000000.png", "0000000001.png"),
+        ("image_03/data/0000000000.png", "0000000001.png")]
+    assert len(scan("kitti-raw", root, list="none").pairs) == 8
+    (root / "kitti_train_2f_sv.txt").write_text(f"{d}/image_02/data/0000000000.png {d}/image_02/data/9.png\n")
+    with pytest.raises(BadInputError, match=r"kitti_train_2f_sv.txt line 1: .*9.png' is not a frame"):
+        scan("kitti-raw", root)
+    data = yaml.safe_load((DATA_MANIFESTS / "kitti-raw.yaml").read_text())
+    assert data["layout"] == "kitti-raw" and "kitti-raw" in LAYOUTS
+    sintel = tmp_path / "sintel_raw"
+    touch(sintel, *(f"{scene}/{i:05d}.png" for scene in ("s1", "s2") for i in (1, 2, 10)), "s1/notes.txt")
+    m = scan("sintel-raw", sintel)
+    assert [p.frame1 for p in m.pairs] == ["s1/00001.png", "s1/00002.png", "s2/00001.png", "s2/00002.png"]
+    assert m.meta["ignored"]["examples"] == ["s1/notes.txt"]

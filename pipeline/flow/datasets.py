@@ -43,6 +43,8 @@ DATASETS: dict[str, tuple[str, dict[str, Any]]] = {
     "flyingchairs-train": ("flyingchairs", {"split": "train"}),
     "flyingchairs-val": ("flyingchairs", {"split": "val"}),
     "hd1k": ("hd1k", {}),
+    "kitti-raw": ("kitti-raw", {}),
+    "sintel-raw": ("sintel-raw", {}),
     "pairs": ("pairs", {}),
     "folder": ("folder", {}),
     "synthetic": ("synthetic", {}),

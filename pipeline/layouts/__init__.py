@@ -52,11 +52,13 @@ from unsamflow.pipeline.layouts import synthetic  # noqa: E402  (synthetic scene
 
 register(synthetic.LAYOUT)
 
-from unsamflow.pipeline.layouts import flyingchairs, hd1k, pairs  # noqa: E402
+from unsamflow.pipeline.layouts import flyingchairs, hd1k, kitti_raw, pairs  # noqa: E402
 
 register(flyingchairs.LAYOUT)
 register(hd1k.LAYOUT)
 register(pairs.LAYOUT)
+register(kitti_raw.KITTI_RAW)
+register(kitti_raw.SINTEL_RAW)
 
 _MAX_IGNORED_EXAMPLES = 20
 
