@@ -31,6 +31,9 @@ from unsamflow.pipeline.masks import CropMasks
 LINKERS = ("flow", "iou", "sam2")
 # A flow: (image at t+1, image where the estimates are) -> (H, W, 2) float displacement of t+1's pixels.
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# A carrier: (estimates (K, H*W) CSR in the old frame, old image, new image) -> the estimates in the new
+# frame, (K, H*W) CSR of ones (how the sam2 linker carries masks: pipeline.sam2_linker).
+CarryFn = Callable[[sp.csr_matrix, np.ndarray, np.ndarray], sp.csr_matrix]
 
 
 @dataclass(frozen=True)
@@ -132,13 +135,14 @@ def link_sequence(
     frames: Iterable[tuple[CropMasks | None, np.ndarray | None]],
     flow: FlowFn | None,
     cfg: TrackConfig,
+    carry: CarryFn | None = None,
 ) -> list[np.ndarray]:
     """Local track numbers (int64, 0..T-1) of each frame's masks, in order.
 
     `frames` yields (masks, image) per frame in sequence order: masks None for a bad frame; the RGB image
     is needed only with a `flow` (read lazily by the caller, so a long sequence never sits in memory).
     `flow(new, old)` gives the displacement from new-frame pixels to the old frame; None links by IoU at
-    the same place.
+    the same place. `carry`, instead of a flow, moves the estimates to the new frame itself.
     """
     out: list[np.ndarray] = []
     est = None  # (K, H*W) CSR: live tracks' pixels in the frame of `ref`
@@ -160,12 +164,15 @@ def link_sequence(
                                 f"before {shape[0]}x{shape[1]}: a sequence's frames must have one size")
         shape = tuple(masks.shape)
         rows = pixel_rows(masks)
-        img = image if flow is not None else None
+        img = image if (flow is not None or carry is not None) else None
         src = None
         if est is None:
             est = sp.csr_matrix((0, shape[0] * shape[1]), dtype=np.int32)
         if est.shape[0]:
-            src = source_pixels(flow(img, ref), shape) if (flow is not None and ref is not None) else None
+            if carry is not None and ref is not None:
+                est = carry(est, ref, img)  # now in the new frame: matched in place
+            elif flow is not None and ref is not None:
+                src = source_pixels(flow(img, ref), shape)
             pairs = match(est, rows, src, cfg.min_iou)
         else:
             pairs = []

@@ -68,6 +68,23 @@ def make_flow(cfg: TrackConfig) -> FlowFn | None:
     return factory(**options)
 
 
+def make_carry(cfg: TrackConfig):
+    """SAM 2's carrier for the "sam2" linker (options: checkpoint, model_type, release, device), else None."""
+    if cfg.linker != "sam2":
+        return None
+    options = dict(cfg.options or {})
+    if "checkpoint" not in options:
+        raise BadInputError("--linker sam2 needs its checkpoint: -f checkpoint=PATH (and -f model_type=..., "
+                            "as for the sam2 segmenter)")
+    from unsamflow.pipeline.sam2_linker import Sam2Carrier
+
+    try:
+        return Sam2Carrier(**options)
+    except TypeError as exc:
+        raise BadInputError(f"--linker sam2: {exc} (options: checkpoint, model_type, release, device)"
+                            ) from None
+
+
 # -- the plan ------------------------------------------------------------------------------------------
 @dataclass
 class SequenceJob:
@@ -146,11 +163,7 @@ def track_sequence(job: SequenceJob, root: str, config: dict) -> dict[str, np.nd
 
     cfg = TrackConfig.from_dict({k: v for k, v in config.items()
                                  if k not in ("manifest_sha256", "sequences")})
-    if cfg.linker == "sam2":
-        from unsamflow.pipeline.sam2_linker import link_sequence_sam2 as link
-    else:
-        link = None
-    flow = make_flow(cfg)
+    flow, carry = make_flow(cfg), make_carry(cfg)
     stores: dict[str, MaskStore] = {}
 
     def frames() -> Iterator[tuple]:
@@ -161,12 +174,12 @@ def track_sequence(job: SequenceJob, root: str, config: dict) -> dict[str, np.nd
             store = stores.get(path) or stores.setdefault(path, MaskStore(path))
             masks = store.read_crops(fid)
             image = None
-            if flow is not None or link is not None:
+            if flow is not None or carry is not None:
                 image, _ = read_rgb(safe_join(root, fid), fid)
             yield masks, image
 
     try:
-        numbers = link(frames(), cfg) if link is not None else link_sequence(frames(), flow, cfg)
+        numbers = link_sequence(frames(), flow, cfg, carry)
     finally:
         for s in stores.values():
             s.close()
@@ -289,6 +302,8 @@ def run_track(store_dir: Path, manifest: Manifest, cfg: TrackConfig, cluster=Non
 
     plan = plan_tracks(store_dir, manifest, cfg)
     make_flow(cfg)  # a bad --flow fails here, before any cluster starts
+    if cfg.linker == "sam2" and plan.jobs:
+        make_carry(cfg)  # so do a missing package, checkpoint or model type (the model is built once here)
     if not plan.jobs and not plan.stores:
         return TrackResult(stores=len(plan.skipped), skipped=len(plan.skipped))
     if cluster is None or not plan.jobs:

@@ -173,3 +173,52 @@ def test_sam2_options_are_checked_before_any_cluster(smoke_ckpt):
     with pytest.raises(BadInputError, match="uint8 RGB"):
         build_segmenter(SegmenterSpec("sam2", {"checkpoint": str(smoke_ckpt), "model_type": "smoke",
                                                "points_per_side": 1}))(np.zeros((8, 8), np.uint8))
+
+
+@needs_sam2
+def test_sam2_linker_tracks_a_real_frame_pair(shared_data, smoke_ckpt, tmp_path):
+    """`--linker sam2`: SAM 2's video predictor (the tiny random model) carries frame 1's masks of a real
+    judo pair (graph masks) to frame 2; tracks are written and verify passes. With random weights the
+    carried masks are meaningless, so the ids are checked for consistency, not for quality. (In this
+    process: `run --linker sam2` on a Dask worker is the same code, and a worker importing torch costs
+    the test half a minute.)"""
+    from click.testing import CliRunner
+    from unsamflow.pipeline.cli import main
+    from unsamflow.pipeline.linker import TrackConfig
+    from unsamflow.pipeline.manifest import Manifest
+    from unsamflow.pipeline.store import MaskStore
+    from unsamflow.pipeline.store.tracks import read_mask_tracks, track_config
+    from unsamflow.pipeline.track import run_track
+    from unsamflow.pipeline.verify import verify
+
+    root = tmp_path / "pair"
+    root.mkdir()
+    for name in ("00000.jpg", "00001.jpg"):
+        image = cv2.imread(str(shared_data / "video/judo" / name))
+        cv2.imwrite(str(root / name), cv2.resize(image, (160, 120), interpolation=cv2.INTER_AREA))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", "--layout", "folder", "--root", str(root), "--out", str(out),
+                                    "--shards", "1", "--workers", "1", "--no-dashboard", "--pictures", "0",
+                                    "-o", "scales=[2700]", "--no-track", "-q"])  # few masks: SAM 2 on CPU
+                                    # takes ~1 s per carried mask
+    assert res.exit_code == 0, res.output
+    manifest = Manifest.load(out / "manifest.json")
+    cfg = TrackConfig(linker="sam2", options={"checkpoint": str(smoke_ckpt), "model_type": "smoke",
+                                              "device": "cpu"})
+    res = run_track(out / "stores", manifest, cfg, None, progress=False)
+    assert res.written == 1 and not res.failed, res.summary()
+    assert verify(out / "stores", manifest, check_hashes=False, progress=False).ok
+    with MaskStore(next((out / "stores").glob("*.h5"))) as s:
+        assert track_config(s)["linker"] == "sam2"
+        first, second = (read_mask_tracks(s, fid) for fid in s.frame_ids)
+        assert len(first) and len(second)
+        assert len(set(first)) == len(first) and len(set(second)) == len(second)
+        assert set(first) | set(second) <= set(range(len(first) + len(second)))
+
+
+def test_sam2_linker_without_a_checkpoint_is_one_line(tmp_path):
+    from unsamflow.pipeline.linker import TrackConfig
+    from unsamflow.pipeline.track import make_carry
+
+    with pytest.raises(BadInputError, match="--linker sam2 needs its checkpoint: -f checkpoint=PATH"):
+        make_carry(TrackConfig(linker="sam2"))
