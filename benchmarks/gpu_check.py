@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import multiprocessing as mp
 import os
@@ -29,6 +30,10 @@ import torch  # noqa: F401  (imported once here: the forked measurements share i
 
 from benchmarks.gpu_measures import MEASURES, Ctx, run_one
 
+# Imported here once, before any fork, so that no measurement pays for them again (seconds each on a
+# small CPU). None of them starts a thread or touches CUDA when imported; dask is left to the children.
+PRELOAD = ("torch.optim", "torch._dynamo", "unsamflow.trainer.model", "unsamflow.trainer.engine.run",
+           "unsamflow.trainer.evaluation", "unsamflow.pipeline.segmenters.sam")
 LEARNING_RESERVE_S = 150  # seconds kept for the learning run (data, ~90 s of training, evaluation)
 MIN_SLOT_S = 8  # a measurement with less time than this is skipped, not started
 
@@ -168,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", action="append", default=[], help="KEY=VALUE recorded under notes")
     args = ap.parse_args(argv)
     deadline = time.time() + args.budget
+    for mod in PRELOAD:
+        try:
+            importlib.import_module(mod)
+        except Exception as exc:  # the measurement that needs it records the error
+            print(f"[gpu-check] could not import {mod}: {type(exc).__name__}: {exc}", flush=True)
     names = [n for n in args.only.split(",") if n] or list(MEASURES)
     unknown = sorted(set(names) - set(MEASURES))
     if unknown:

@@ -434,7 +434,7 @@ def measure_learning(ctx: Ctx) -> dict:
             f"logging.checkpoint_every={iterations}",
         ])  # fmt: skip
 
-    iterations = _iterations_for(ctx, config)
+    iterations = 2 if ctx.smoke else _iterations_for(ctx, config)  # the smoke run: 2 steps, no probe
     run_dir = ctx.work / "learn-run"
     t0 = time.perf_counter()
     summary = train(prepare(config(iterations), run_dir))

@@ -42,6 +42,9 @@ trap 'rm -rf "$work"' EXIT
 exec > >(tee "$out/log.txt") 2>&1
 echo "[gpu-check] $(date -u '+%F %T') UTC on $(hostname); output in $out; budget ${budget} s${smoke:+ (cpu smoke)}"
 export TQDM_DISABLE=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# the smoke run's tensors are tiny: one math thread each (OpenMP threads spin-waiting on a shared 2-core box
+# cost more than they give)
+[ -n "$smoke" ] && export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 # 1. install: the carried wheels, then the project from this tree, into one target folder
 site="$work/site"
