@@ -33,7 +33,7 @@ EVAL_ROOT  ?=
 EVAL_MASKS ?=
 OVERRIDES  ?=
 
-.PHONY: venv test demo lint bench scaling ablation masks train evaluate clean
+.PHONY: venv test demo lint bench scaling ablation masks train evaluate clean gpu-check gpu-wheels
 
 venv: $(LINKED)
 
@@ -114,6 +114,17 @@ masks: $(STAMP)
 	$(BIN)/python -m unsamflow.pipeline run --layout $(DATASET) --root $(ROOT) --out $(or $(OUT),masks_out) --shards $(SHARDS) \
 		$(if $(CHECKPOINT),--segmenter sam --checkpoint $(CHECKPOINT),) $(if $(WORKERS),--workers $(WORKERS),) \
 		$(if $(ALLOW_PARTIAL),--allow-partial,) $(SEG_OPTS)
+
+# One prepared GPU run (README "GPU check"): CUDA tests + every GPU figure into gpu_check/ in <= 8 minutes.
+# No venv needed: on a bare GPU machine it installs the tree and the wheels carried in gpu_wheels/.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
+
+# The wheels that machine lacks (Python 3.12, manylinux x86-64) into gpu_wheels/ (ignored), checked with
+# the tree against the 64 MiB one device call carries.
+gpu-wheels: $(STAMP)
+	$(BIN)/python scripts/gpu_wheels.py --dest gpu_wheels
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache
