@@ -237,6 +237,36 @@ def test_two_gloo_processes_hold_identical_weights_and_evaluate_like_one(tiny_tr
         assert r0["metrics"][k] == pytest.approx(v, rel=1e-9), k
 
 
+def test_single_node_torchrun_in_a_private_network_namespace_has_only_loopback(tiny_train_set, tmp_path):
+    """torchrun's rendezvous store listens on every interface (measured with torch 2.14: `::`, also with
+    --rdzv-endpoint localhost:PORT or --master-addr 127.0.0.1), and it runs a key-value server anyone
+    who reaches it can write to. The README's single-node command runs torchrun in its own network
+    namespace (`unshare --user --map-root-user --net`), where loopback is the only interface: the real
+    trainer trains on 2 gloo processes there."""
+    import shutil as sh
+
+    if sh.which("unshare") is None or sh.which("ip") is None:
+        pytest.skip("needs util-linux unshare and iproute2 ip")
+    over = overrides(tiny_train_set, "optim.iterations=2", "optim.batch_size=4", "logging.checkpoint_every=0")
+    train = " ".join(f"'{a}'" for a in [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                        "--nproc-per-node", "2", "-m", "unsamflow.trainer", "train",
+                                        "--preset", "cpu-demo", *over, "--out", str(tmp_path / "run")])
+    script = f"ip link set lo up || exit 99; ip -o addr show; exec {train}"
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--net", "sh", "-c", script], env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    if proc.returncode == 99 or "unshare: " in proc.stderr[:200]:
+        pytest.skip(f"no unprivileged network namespace here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    interfaces = [line.split()[1] for line in proc.stdout.splitlines() if line[:1].isdigit() and ": " in line]
+    assert interfaces and set(interfaces) == {"lo"}, proc.stdout
+    assert "trained 2 iterations" in proc.stdout and (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+    # The README shows single-node torchrun only this way (before: `torchrun --standalone ...` as is).
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    starts = [i for i in range(len(readme)) if readme.startswith("torchrun --standalone", i)]
+    assert starts and all("unshare --user --map-root-user --net sh -c 'ip link set lo up && exec "
+                          in readme[max(0, i - 120):i].replace("\n", " ") for i in starts), starts
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 
