@@ -418,3 +418,67 @@ def test_distributed_sampler_when_a_process_group_exists(tiny_train_set, tmp_pat
         assert {(k.epoch, k.seed, k.rank) for k in keys} == {(4, 3, 0)}
     finally:
         dist.destroy_process_group()
+
+
+# -- key objects from tracks (augment.key_objects.require_track / track_motion) ----------------------------
+def _tracked_pair_set(tmp_path, drop: bool):
+    """One synthetic sequence of 2 frames, true-instance stores, tracked; with `drop`, frame 2 lacks the
+    largest object (a key object of frame 1). Returns (root, stores, that object's instance id)."""
+    from test_track import instance_stores, synth_set
+    from unsamflow.pipeline.flow.io import read_label_png
+    from unsamflow.pipeline.linker import TrackConfig
+    from unsamflow.pipeline.track import run_track
+
+    root = tmp_path / "syn"
+    manifest = synth_set(root, sequences=1, frames=2, seed=3)
+    f1, f2 = manifest.frame_ids
+    inst = read_label_png(root / f1.replace("/clean/", "/instances/"))
+    obj = int(np.argmax(np.bincount(inst.ravel())[1:])) + 1
+    stores = instance_stores(root, tmp_path / "stores", drop={f2: obj} if drop else None)
+    run_track(stores, manifest, TrackConfig(), None, progress=False)
+    build_index(stores, manifest=manifest)
+    return root, stores, obj
+
+
+def test_require_track_keeps_only_key_objects_that_reach_frame_2(tmp_path):
+    root, stores, _ = _tracked_pair_set(tmp_path, drop=True)
+    plain = CoTransformConfig((64, 128), hflip=False, vflip=False, swap=False)
+    every = tiny(root, stores, transform=plain)[0]
+    tracked = tiny(root, stores, transform=plain, key_options={"require_track": True})[0]
+    assert int(tracked["key_count"]) == int(every["key_count"]) - 1 >= 1
+    kept = tracked["key_masks"][: int(tracked["key_count"])]
+    assert all(any(torch.equal(k, e) for e in every["key_masks"]) for k in kept)
+    untracked = tmp_path / "untracked"
+    write_instance_stores(root, untracked)
+    with pytest.raises(StoreError, match="need object tracks; run `unsamflow-pipeline track`"):
+        tiny(root, untracked, transform=plain, key_options={"require_track": True})[0]
+
+
+def test_track_motion_is_each_key_objects_own_displacement(tmp_path):
+    """Without crop or flips, the centroid shift of a key object to its frame-2 mask is close to the
+    mean exact flow inside it (easy scene: small rotation and zoom); a swapped pair gets the reverse."""
+    from unsamflow.pipeline.flow.io import read_flo
+
+    root, stores, _ = _tracked_pair_set(tmp_path, drop=False)
+    plain = CoTransformConfig((64, 128), hflip=False, vflip=False, swap=False)
+    s = tiny(root, stores, transform=plain, key_options={"track_motion": True})[0]
+    n = int(s["key_count"])
+    assert n and bool(s["key_motion_valid"][:n].all()) and not bool(s["key_motion_valid"][n:].any())
+    flow, _ = read_flo(root / Manifest.load(root / "manifest.json").pairs[0].flow)
+    for mask, motion in zip(s["key_masks"][:n].numpy(), s["key_motion"][:n].numpy(), strict=True):
+        assert np.abs(flow[mask].mean(0) - motion).max() < 1.0, (flow[mask].mean(0), motion)
+    assert "key_motion" not in tiny(root, stores, transform=plain)[0]
+
+
+def test_key_object_cache_takes_the_track_motion_where_valid():
+    from unsamflow.trainer.augment.key_objects import KeyObjectCache
+
+    img = torch.rand(2, 3, 32, 48)
+    masks = torch.zeros(2, 1, 32, 48, dtype=torch.bool)
+    masks[:, 0, 8:20, 10:30] = True
+    flow = torch.full((2, 2, 32, 48), 3.0)
+    own = torch.tensor([[[-5.0, 2.0]], [[7.0, 7.0]]])
+    cache = KeyObjectCache(4, (16, 24))
+    cache.push(img, masks, torch.tensor([1, 1]), flow, torch.Generator().manual_seed(0),
+               key_motion=own, key_motion_valid=torch.tensor([[True], [False]]))
+    assert cache.motion[:2].tolist() == [[-5.0, 2.0], [3.0, 3.0]]

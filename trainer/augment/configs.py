@@ -83,6 +83,11 @@ class KeyObjectConfig:
     per_sample: int = 3
     motion_scale: tuple[float, float] = (0.8, 1.5)
     min_area_frac: float = 0.005
+    # Tracks (`pipeline track`): key objects only among those whose track reaches the pair's frame 2,
+    # and a pasted object's motion from its track (its own displacement to frame 2) instead of the mean
+    # predicted flow in its mask. Both off, as in the reference; both need tracked stores.
+    require_track: bool = False
+    track_motion: bool = False
 
     def __post_init__(self) -> None:
         if self.cache_size < 1 or self.per_sample < 0:

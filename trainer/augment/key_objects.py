@@ -104,11 +104,16 @@ class KeyObjectCache:
         flow: torch.Tensor,
         generator: torch.Generator,
         min_area_frac: float = 0.005,
+        key_motion: torch.Tensor | None = None,
+        key_motion_valid: torch.Tensor | None = None,
     ) -> None:
         """Each sample with a key object covering >= min_area_frac of the frame pushes one at random.
 
         img1 (B,3,H,W) the appearance-augmented frame 1; key_masks (B,K,H,W) bool; key_count (B,);
         flow (B,2,H,W) the detached main-pass forward flow. Once full, the oldest objects are replaced.
+        key_motion (B,K,2) / key_motion_valid (B,K): each key object's own displacement from its track
+        (augment.key_objects.track_motion); where valid it is the object's motion instead of the mean
+        flow in its mask.
         """
         b, k, h, w = key_masks.shape
         if img1.shape != (b, 3, h, w) or flow.shape != (b, 2, h, w) or key_count.shape != (b,):
@@ -131,6 +136,10 @@ class KeyObjectCache:
         mask = masks[torch.arange(b, device=dev), pick]  # (B, H, W)
         mf = mask.to(flow.dtype).unsqueeze(1)
         motion = (flow.detach() * mf).sum((2, 3)) / mf.sum((2, 3)).clamp(min=1)
+        if key_motion is not None:
+            picked = (torch.arange(b, device=dev), pick)
+            own = key_motion.to(dev)[picked].to(motion.dtype)
+            motion = torch.where(key_motion_valid.to(dev)[picked][:, None], own, motion)
         corner = self._slot_corner(mask)
         obj = torch.cat((img1.detach() * mf.to(img1.dtype), mf.to(img1.dtype)), 1)
         slot = _window(obj, corner, self.slot_size)

@@ -71,9 +71,12 @@ class PairDataset(torch.utils.data.Dataset):
     """Map-style dataset over the kept pairs of every component, each repeated as the mix says."""
 
     def __init__(self, components: list[Component], transform: CoTransformConfig = CoTransformConfig(),
-                 max_key_objects: int = 8, gt: bool = False, occ: bool = False):
+                 max_key_objects: int = 8, gt: bool = False, occ: bool = False, *,
+                 require_track: bool = False, track_motion: bool = False):
         if max_key_objects < 0:
             raise BadInputError(f"max_key_objects must be >= 0, got {max_key_objects}")
+        self.require_track = require_track  # key objects only where their track reaches frame 2
+        self.track_motion = track_motion  # + key_motion / key_motion_valid: each one's track displacement
         self.components = components
         self.transform = transform
         self.max_key_objects = max_key_objects
@@ -160,15 +163,27 @@ class PairDataset(torch.utils.data.Dataset):
         keys = np.zeros((k, h, w), bool)
         ids = store1.read_key_objects(row1)
         n = 0
+        tracks = None
+        if self.require_track or self.track_motion:
+            from unsamflow.trainer.data.tracks import key_tracks
+
+            ids, tracks = key_tracks(store1, row1, store2, row2, ids, self.require_track)
         if k and ids.size:
             masks = apply(resize_array(store1.read_masks(row1, ids), size), plan)
-            masks = masks[masks.reshape(len(masks), -1).any(1)]  # none cut away entirely by the crop
-            if len(masks) > k:
-                masks = masks[np.sort(rng.choice(len(masks), size=k, replace=False))]
+            kept = np.flatnonzero(masks.reshape(len(masks), -1).any(1))  # none cut away entirely by the crop
+            if len(kept) > k:
+                kept = kept[np.sort(rng.choice(len(kept), size=k, replace=False))]
+            masks = masks[kept]
             n = len(masks)
             keys[:n] = masks
-        return {"full_seg1": seg1, "full_seg2": seg2, "key_masks": torch.from_numpy(keys),
-                "key_count": torch.tensor(n)}
+        out = {"full_seg1": seg1, "full_seg2": seg2, "key_masks": torch.from_numpy(keys),
+               "key_count": torch.tensor(n)}
+        if self.track_motion:
+            from unsamflow.trainer.data.tracks import track_motion
+
+            out.update(track_motion(keys[:n], store2, row2, tracks[kept] if n else tracks[:0], k,
+                                    lambda m: apply(resize_array(m, size), plan)))
+        return out
 
 
 def _read(dataset: FlowDataset, frame_id: str) -> np.ndarray:
@@ -299,13 +314,14 @@ def _size_or_problem(ds: FlowDataset, frame_id: str) -> tuple[int, int] | str:
 def open_pairs(spec: str, roots: Mapping[str, str | Path], masks: Mapping[str, str | Path] | None = None,
                transform: CoTransformConfig = CoTransformConfig(), max_key_objects: int = 8,
                gt: bool | None = None, check: str = "hash", check_sample: int | None = None,
-               skip_bad: bool = True, seed: int = 0) -> PairDataset:
+               skip_bad: bool = True, seed: int = 0, key_options: dict | None = None) -> PairDataset:
     """Build and check the dataset of a mix (see mixes.py for `spec`, `roots`, `masks`).
 
     masks=None: no stores (full_seg zeros, key_count 0), e.g. evaluation without masks.
     gt: return flow/valid (and occ where every pair has it); None = when every pair has GT flow.
     check / check_sample: how each frame's file is compared with its store (checks.py).
     skip_bad: leave out pairs the index records as bad (False: fail on them too).
+    key_options: PairDataset's require_track / track_motion (key objects from tracks, trainer/data/tracks).
     Raises StoreError / BadInputError listing every problem found, each naming its frame.
     """
     components = []
@@ -338,4 +354,4 @@ def open_pairs(spec: str, roots: Mapping[str, str | Path], masks: Mapping[str, s
         raise BadInputError(f"{without[0].part.written}: pair {without[1].frame1!r} -> {without[1].frame2!r} "
                             "has no ground-truth flow (gt=True needs it for every pair)")
     occ = gt and all(_has_occ(c.dataset, p) for c, p in kept)
-    return PairDataset(components, transform, max_key_objects, gt=gt, occ=occ)
+    return PairDataset(components, transform, max_key_objects, gt=gt, occ=occ, **(key_options or {}))

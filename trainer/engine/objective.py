@@ -182,4 +182,6 @@ class Objective:
             return
         with self.timer.phase("augmentation"), torch.no_grad():
             self.cache.push(result.extras["img1a"], batch["key_masks"], batch["key_count"], result.pseudo,
-                            self.generator, min_area_frac=self.cfg.augment.key_objects.min_area_frac)
+                            self.generator, min_area_frac=self.cfg.augment.key_objects.min_area_frac,
+                            key_motion=batch.get("key_motion"),
+                            key_motion_valid=batch.get("key_motion_valid"))
