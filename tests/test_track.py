@@ -340,3 +340,25 @@ def test_show_tracks_draws_one_colour_per_track(tmp_path):
     assert np.array_equal(a, draw_tracks(grey, mask, np.array([5])))
     assert not np.array_equal(a[12, 12], b[12, 12])
     assert np.allclose(a[12, 12], 0.4 * 100 + 0.6 * np.array(track_colour(5)), atol=1)
+
+
+def test_flow_checkpoint_links_with_a_trained_network(tmp_path):
+    """--flow-checkpoint: a network checkpoint (random weights here) is the flow; a +mf one is refused
+    before any cluster starts, naming the file and why."""
+    from test_evaluate import _checkpoint
+    from unsamflow.pipeline.commands.track import FLOW_CHECKPOINT_PLUGIN
+
+    root = tmp_path / "syn"
+    manifest = synth_set(root, sequences=1, frames=3)
+    stores = instance_stores(root, tmp_path / "stores")
+    ckpt = _checkpoint(tmp_path / "net.pt")
+    cfg = TrackConfig(flow=FLOW_CHECKPOINT_PLUGIN, options={"checkpoint": str(ckpt), "device": "cpu"})
+    res = run_track(stores, manifest, cfg, None, progress=False)
+    assert res.written == 1 and not res.failed, res.summary()
+    with MaskStore(stores / "store-0.h5") as s:
+        assert track_config(s)["flow"] == FLOW_CHECKPOINT_PLUGIN
+    assert verify(stores, manifest, check_hashes=False, progress=False).ok
+    mf = _checkpoint(tmp_path / "mf.pt", mask_features=True)
+    res = cli(["track", "--stores", stores, "--manifest", root / "manifest.json", "--flow-checkpoint", mf],
+              code=2)
+    assert "mf.pt: this model has mask features (+mf)" in res.output, res.output

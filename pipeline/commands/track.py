@@ -18,6 +18,9 @@ from unsamflow.pipeline.commands.options import (
 )
 from unsamflow.pipeline.lock import output_lock, sweep_temps
 
+# What --flow-checkpoint stands for (trainer/evaluation/track_flow.py, loaded only when asked for).
+FLOW_CHECKPOINT_PLUGIN = "unsamflow.trainer.evaluation.track_flow:checkpoint_flow"
+
 
 def track_options(f):
     """Linker, flow, gap and IoU threshold -> kwargs['track_config'] (a TrackConfig)."""
@@ -34,14 +37,20 @@ def track_options(f):
     @click.option("--flow-option", "-f", "flow_opts", multiple=True, metavar="KEY=VALUE",
                   help="Option of the flow or linker (dis: preset=ultrafast|fast|medium; sam2: "
                        "checkpoint=..., model_type=..., device=...).")
+    @click.option("--flow-checkpoint", type=click.Path(exists=True, path_type=Path), default=None,
+                  metavar="CKPT|RUN", help="A trained network (checkpoint or run folder, without +mf) as the "
+                  "flow of --linker flow: the trainer's flow plug-in (trainer/evaluation/track_flow.py).")
     @click.option("--gap", type=click.IntRange(min=0), default=d.gap, show_default=True,
                   help="Frames a track may go unmatched (occluded, missed) and still keep its id.")
     @click.option("--min-iou", type=click.FloatRange(0, 1, min_open=True), default=d.min_iou,
                   show_default=True, help="Least IoU of a carried track and a mask that counts as a match.")
     @functools.wraps(f)
-    def wrapper(*args, linker, flow, flow_opts, gap, min_iou, **kwargs):
+    def wrapper(*args, linker, flow, flow_opts, flow_checkpoint, gap, min_iou, **kwargs):
+        options = parse_kv(flow_opts, "--flow-option")
+        if flow_checkpoint is not None:  # a plug-in by name: the pipeline never imports the trainer itself
+            flow, options = FLOW_CHECKPOINT_PLUGIN, {**options, "checkpoint": str(flow_checkpoint.resolve())}
         kwargs["track_config"] = TrackConfig(linker=linker, flow=flow, gap=gap, min_iou=min_iou,
-                                             options=parse_kv(flow_opts, "--flow-option"))
+                                             options=options)
         return f(*args, **kwargs)
 
     return wrapper
