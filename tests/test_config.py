@@ -89,7 +89,9 @@ def test_reference_schedule_and_dataset_values():
         assert cfg.augment.spatial.hflip and cfg.augment.spatial.vflip == vflip
         assert cfg.model.mask_features
     kitti, sintel = load_config("kitti-base"), load_config("sintel-base")
-    assert kitti.data.dataset == "kitti-2015-multiview" and sintel.data.dataset == "sintel-clean+sintel-final"
+    # the reference's two data phases (raw frames, then the benchmark sets), method notes section 5
+    assert kitti.data.dataset == "kitti-raw > 0.5 kitti-2015-multiview+kitti-2012-multiview"
+    assert sintel.data.dataset == "sintel-raw > 0.5 sintel-clean+sintel-final"
     assert kitti.augment.spatial.zoom == (1.0, 1.4, 0.99, 1.01)
     assert kitti.augment.spatial.squeeze == (1, 1, 1, 1)
     assert sintel.augment.spatial.zoom == (1.0, 1.5, 0.985, 1.015)
@@ -151,13 +153,14 @@ def test_overrides_nested_list_elements_and_values():
 
 
 def test_a_plain_path_is_the_root_and_masks_of_every_component():
-    from unsamflow.trainer.data import parse_mix
+    from unsamflow.trainer.data import parse_mix, parse_phases
     from unsamflow.trainer.data.mixes import lookup
 
     cfg = load_config("sintel-aug", ["data.roots=/data/Sintel", "data.masks=/masks/sintel"])
     assert cfg.data.roots == {"*": "/data/Sintel"} and cfg.data.masks == {"*": "/masks/sintel"}
-    for part in parse_mix(cfg.data.dataset):  # sintel-clean + sintel-final
-        assert str(lookup(cfg.data.roots, part, "roots")) == "/data/Sintel"
+    for phase in parse_phases(cfg.data.dataset):  # sintel-raw, then sintel-clean + sintel-final
+        for part in phase.parts:
+            assert str(lookup(cfg.data.roots, part, "roots")) == "/data/Sintel"
     specific = {"*": "/all", "sintel-final": "/final"}
     clean, final = parse_mix("sintel-clean+sintel-final")
     assert str(lookup(specific, clean, "roots")) == "/all"

@@ -608,3 +608,35 @@ def test_slurm_script_requeues_on_its_warning_signal_and_the_requeued_job_resume
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"trained {n + 1} iterations (resumed at {n})" in again.stdout
     assert not (tmp_path / "scontrol.log").exists()
+
+
+# --- data phases (the reference's raw frames first, then the benchmark sets) ------------------------------
+
+
+def test_data_phases_switch_at_their_start_and_a_resumed_run_continues_each(tiny_train_set, tmp_path):
+    """data.dataset 'synthetic > 0.5 synthetic*2': the second mix (twice as many samples) from iteration 2
+    of 4. Checkpoints record each phase's position; a run resumed at the switch ends as the one that never
+    stopped."""
+    import shutil
+
+    from unsamflow.trainer.engine import load_checkpoint
+
+    phases = "data.dataset=synthetic > 0.5 synthetic*2"
+    full = tmp_path / "full"
+    res = cli(train_cmd(tiny_train_set, full, "optim.iterations=4", "logging.checkpoint_every=2", phases))
+    assert res.exit_code == 0, res.output
+    assert "data phase 1 from iteration 2: synthetic*2 (12 samples" in res.output
+    ck2, ck4 = (load_checkpoint(full / "checkpoints" / f"ckpt_000000{i}.pt") for i in (2, 4))
+    assert ck2["data"]["phase"] == 0 and ck2["data"]["phases"][1] == {"epoch": 0, "position": 0}
+    assert ck4["data"]["phase"] == 1 and ck4["data"]["phases"][1]["position"] > 0
+    assert ck4["data"]["phases"][0] == ck2["data"]["phases"][0]  # phase 0 stopped where it was
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed)
+    for name in ("ckpt_0000004.pt", "ckpt_0000004.pt.sha256", "latest.pt", "latest.pt.sha256"):
+        (resumed / "checkpoints" / name).unlink(missing_ok=True)
+    res = cli(["train", "--out", str(resumed), "--resume"])
+    assert res.exit_code == 0 and "resumed at 2" in res.output, res.output
+    again = load_checkpoint(resumed / "checkpoints" / "ckpt_0000004.pt")
+    assert again["data"] == ck4["data"]
+    for k, v in ck4["model"].items():
+        torch.testing.assert_close(again["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)

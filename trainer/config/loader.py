@@ -55,9 +55,9 @@ def _check_validation_data(preset: TrainConfig, cfg: TrainConfig, overrides: Seq
     val = cfg.data.val_dataset
     if not moved or chose or val is None or val != preset.data.val_dataset:
         return
-    from unsamflow.trainer.data.mixes import parse_mix  # lazy: brings torch
+    from unsamflow.trainer.data.mixes import parse_mix, parse_phases  # lazy: brings torch
 
-    trained = {p.layout for p in parse_mix(cfg.data.dataset)}
+    trained = {p.layout for phase in parse_phases(cfg.data.dataset) for p in phase.parts}
     if not {p.layout for p in parse_mix(val)} & trained:
         raise ConfigError("data.val_dataset", f"the preset validates on {val!r} but the overrides train on "
                           f"{cfg.data.dataset!r}; set data.val_dataset=NAME (one of the data you train on, "

@@ -44,6 +44,17 @@ def _positive(v: tuple[int, int]) -> str | None:
     return None if all(x > 0 for x in v) else f"must be positive, got {list(v)}"
 
 
+def _data_schedule(spec: str) -> str | None:
+    """A mix, or phases of mixes ('kitti-raw > 0.5 kitti-2015-multiview+kitti-2012-multiview')."""
+    from unsamflow.trainer.data.mixes import parse_phases  # one grammar; lazy, as it brings torch
+
+    try:
+        parse_phases(spec)
+    except BadInputError as exc:
+        return str(exc)
+    return None
+
+
 def _dataset_spec(spec: str) -> str | None:
     """A mix in trainer/data's grammar ('sintel-clean+sintel-final', 'kitti-2015-multiview*2+...')."""
     from unsamflow.trainer.data.mixes import parse_mix  # one grammar; lazy, as it brings torch
@@ -66,7 +77,8 @@ class DataConfig(Section):
     component (the key `*`). masks null: no stores.
     """
 
-    dataset: str = field("synthetic", check=_dataset_spec)  # a mix: names joined by '+', NAME*N repeats
+    # a mix (names joined by '+', NAME*N repeats), or phases: 'kitti-raw > 0.5 kitti-2015-multiview+...'
+    dataset: str = field("synthetic", check=_data_schedule)
     roots: dict[str, str] = field(factory=dict)
     masks: dict[str, str] | None = None
     # frames resized to (h, w) before the crop (KITTI: whole frames zoomed to 256 x 832); null: native size

@@ -18,10 +18,10 @@ pairs (the dataset), loader (sampler, seeding, DataLoader).
 
 from unsamflow.trainer.data.checks import CHECKS, check_files, image_size
 from unsamflow.trainer.data.loader import KeySampler, build_loader, set_epoch, worker_init
-from unsamflow.trainer.data.mixes import ALIASES, MixPart, lookup, parse_mix
+from unsamflow.trainer.data.mixes import ALIASES, DataPhase, MixPart, lookup, parse_mix, parse_phases
 from unsamflow.trainer.data.pairs import PairDataset, SampleKey, open_pairs
 from unsamflow.trainer.data.transforms import CoTransformConfig, Plan, apply, apply_flow, draw_plan
 
-__all__ = ["ALIASES", "CHECKS", "CoTransformConfig", "KeySampler", "MixPart", "PairDataset", "Plan",
-           "SampleKey", "apply", "apply_flow", "build_loader", "check_files", "draw_plan", "image_size",
-           "lookup", "open_pairs", "parse_mix", "set_epoch", "worker_init"]
+__all__ = ["ALIASES", "CHECKS", "CoTransformConfig", "DataPhase", "KeySampler", "MixPart", "PairDataset",
+           "Plan", "SampleKey", "apply", "apply_flow", "build_loader", "check_files", "draw_plan",
+           "image_size", "lookup", "open_pairs", "parse_mix", "parse_phases", "set_epoch", "worker_init"]

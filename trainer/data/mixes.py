@@ -14,6 +14,12 @@ then its full name (`sintel-clean-training`), then its layout (`sintel`, `kitti2
 One store directory may hold several components (frame ids differ: `training/clean/...`,
 `training/final/...`), so `masks: {sintel: /masks/sintel}` serves both passes when the pipeline ran
 over a manifest holding both.
+
+A training run may go through data phases (the reference recipes: raw frames first, then the benchmark
+sets): `kitti-raw > 0.5 kitti-2015-multiview+kitti-2012-multiview` trains on the first mix until half
+of optim.iterations, then on the second (`parse_phases`; `50%` works too). A phase's start is a fraction
+of the run, as a stage's is. (No colon after the start: a command-line override is read as YAML, where
+`a: b` is a mapping.)
 """
 
 from __future__ import annotations
@@ -49,11 +55,52 @@ class MixPart:
         return list(dict.fromkeys([self.written, self.name, self.layout]))
 
 
+@dataclass(frozen=True)
+class DataPhase:
+    """One phase of a training data schedule: the mix `spec`, from `start` (a fraction of the run)."""
+
+    start: float
+    spec: str
+
+    @property
+    def parts(self) -> list[MixPart]:
+        return parse_mix(self.spec)
+
+
+def parse_phases(spec: str) -> list[DataPhase]:
+    """`a > 0.5 b+c` -> [DataPhase(0, 'a'), DataPhase(0.5, 'b+c')]; a plain mix is one phase from 0.
+
+    Every phase after the first begins with its start: a fraction (or N%) of the run in (0, 1), after the
+    previous phase's."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise BadInputError(f"dataset must be a mix like 'sintel-clean+sintel-final' (or phases "
+                            f"'a > 0.5 b'), got {spec!r}")  # fmt: skip
+    phases: list[DataPhase] = []
+    for i, text in enumerate(spec.split(">")):
+        start, mix = 0.0, text.strip()
+        if i:
+            head, _, mix = text.strip().partition(" ")
+            head = head.rstrip(":")
+            try:
+                start = float(head[:-1]) / 100 if head.endswith("%") else float(head)
+            except ValueError:
+                start = -1.0
+            if not 0 < start < 1 or start <= phases[-1].start:
+                raise BadInputError(f"data schedule {spec!r}: phase {i} must read 'START MIX' with START a "
+                                    f"fraction (or N%) of the run after {phases[-1].start:g} and below 1, "
+                                    f"got {text.strip()!r}")  # fmt: skip
+        parse_mix(mix)
+        phases.append(DataPhase(start, mix.strip()))
+    return phases
+
+
 def parse_mix(spec: str) -> list[MixPart]:
     """`a*2+b` -> [MixPart(a, repeat=2), MixPart(b)]; unknown names and bad repeats fail naming them."""
     if not isinstance(spec, str) or not spec.strip():
         raise BadInputError(f"dataset mix must be a non-empty string like 'sintel-clean+sintel-final', "
                             f"got {spec!r}")
+    if ">" in spec:
+        raise BadInputError(f"{spec!r} is a data schedule with phases ('>'): here one mix is needed")
     parts = []
     for comp in spec.split("+"):
         comp = comp.strip()

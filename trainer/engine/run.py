@@ -61,18 +61,20 @@ def model_args(cfg: Any) -> dict[str, Any]:
     return {"mask_features": m.mask_features, "search_range": m.search_range, "num_levels": m.num_levels}
 
 
-def build_train_set(cfg: Any):
-    """The training pairs joined with their stores (checked: empty sets, uncovered stores, sizes)."""
-    from unsamflow.trainer.data import CoTransformConfig, open_pairs
+def build_train_set(cfg: Any, spec: str | None = None):
+    """The training pairs of `spec` (default: data.dataset's first phase) joined with their stores
+    (checked: empty sets, uncovered stores, sizes)."""
+    from unsamflow.trainer.data import CoTransformConfig, open_pairs, parse_phases
 
     d = cfg.data
+    spec = spec if spec is not None else parse_phases(d.dataset)[0].spec
     if d.masks is None and (cfg.model.mask_features or any(s.key_aug or s.w_hg > 0 for s in cfg.stages)):
         raise BadInputError("data.masks: this config uses masks (+mf, +aug or +hg) but no mask store is "
                             "given (data.masks.KEY=STORE_DIR)")  # fmt: skip
     transform = CoTransformConfig(crop=tuple(d.crop), hflip=d.hflip, vflip=d.vflip, swap=d.swap,
                                   resize=tuple(d.resize) if d.resize is not None else None)  # fmt: skip
     ko = cfg.augment.key_objects
-    return open_pairs(d.dataset, d.roots, d.masks, transform=transform, max_key_objects=d.max_key_objects,
+    return open_pairs(spec, d.roots, d.masks, transform=transform, max_key_objects=d.max_key_objects,
                       gt=False, check=d.check, seed=cfg.seed,
                       key_options={"require_track": ko.require_track, "track_motion": ko.track_motion})
 
@@ -133,6 +135,7 @@ class Prepared:
     init_weights: dict[str, Any] | None = None  # model.init_from's weights (a new run only)
     notes: list[str] = field(default_factory=list)  # lines the run logs when it starts (init, extension)
     extension: dict[str, int] | None = None  # a resumed run's schedule extension: {"at", "from", "to"}
+    phase_sets: list[Any] = field(default_factory=list)  # one train set per data phase (data.dataset)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -222,13 +225,19 @@ def prepare(cfg: Any, run_dir: str | Path, resume: bool = False, init_method: st
     if cfg.optim.batch_size % dist.world_size:
         raise BadInputError(f"optim.batch_size: {cfg.optim.batch_size} is not divisible by the "
                             f"{dist.world_size} processes (the batch is split over them)")  # fmt: skip
-    train_set = build_train_set(cfg)
+    from unsamflow.trainer.data import parse_phases
+
+    phases = parse_phases(cfg.data.dataset)  # one mix, or phases of mixes: every one checked now
+    phase_sets = [build_train_set(cfg, phase.spec) for phase in phases]
+    train_set = phase_sets[0]
     per_rank = cfg.optim.batch_size // dist.world_size
-    if len(train_set) // dist.world_size < per_rank:
-        raise BadInputError(f"data.dataset: {cfg.data.dataset!r} has {len(train_set)} usable pairs, fewer "
-                            f"than one batch ({per_rank} per process x {dist.world_size})")  # fmt: skip
+    for phase, pairs in zip(phases, phase_sets, strict=True):
+        if len(pairs) // dist.world_size < per_rank:
+            raise BadInputError(f"data.dataset: {phase.spec!r} has {len(pairs)} usable pairs, fewer than one "
+                                f"batch ({per_rank} per process x {dist.world_size})")  # fmt: skip
     evaluate = build_evaluator(cfg, device)
     p = Prepared(cfg, run_dir, dist, device, train_set, evaluate, checkpoint, extension=extension)
+    p.phase_sets = phase_sets
     p.notes.extend(notes)
     if train_set.skipped_summary():
         p.notes.append(train_set.skipped_summary())
@@ -367,15 +376,32 @@ def build_trainer(p: Prepared, with_hooks: bool = True) -> Trainer:
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     per_rank = cfg.optim.batch_size // dist.world_size
-    loader = build_loader(p.train_set, per_rank, shuffle=True, seed=cfg.seed, num_workers=cfg.data.workers,
-                          drop_last=True)  # fmt: skip
 
-    def make_loader(ep: int, skip: int):
-        set_epoch(loader, ep, skip_batches=skip)
-        return loader
+    def phase_stream(train_set: Any, ep: int, pos: int) -> BatchStream:
+        loader = build_loader(train_set, per_rank, shuffle=True, seed=cfg.seed, num_workers=cfg.data.workers,
+                              drop_last=True)  # fmt: skip
+
+        def make_loader(e: int, skip: int):
+            set_epoch(loader, e, skip_batches=skip)
+            return loader
+
+        return BatchStream(make_loader, device, ep, pos)
 
     timer = PhaseTimer(device)
-    stream = BatchStream(make_loader, device, epoch, position)
+    sets = p.phase_sets or [p.train_set]
+    stream: Any
+    if len(sets) == 1:
+        stream = phase_stream(p.train_set, epoch, position)
+    else:  # data phases: one stream each, resumed from the checkpoint's record of each
+        from unsamflow.trainer.data import parse_phases
+        from unsamflow.trainer.engine.phases import PhasedStream, phase_starts
+
+        phases = parse_phases(cfg.data.dataset)
+        saved = ck["data"].get("phases") if ck is not None else None
+        states = saved or [{"epoch": 0, "position": 0}] * len(sets)
+        streams = [phase_stream(s, st["epoch"], st["position"]) for s, st in zip(sets, states, strict=True)]
+        stream = PhasedStream(streams, phase_starts([ph.start for ph in phases], cfg.optim.iterations),
+                              iteration=lambda: start)  # the trainer's, once it exists (below)
     floor = ck["stage"] if ck is not None and p.extension is not None else 0  # reached stages stay on
 
     def stage_in_force(it: int) -> tuple[int, Any]:
@@ -386,6 +412,15 @@ def build_trainer(p: Prepared, with_hooks: bool = True) -> Trainer:
                       objective=Objective(cfg, generator, cache, timer), data=stream,
                       stage_at=stage_in_force, max_iter=cfg.optim.iterations,
                       clip=cfg.optim.clip, timer=timer, start_iteration=start)  # fmt: skip
+    if len(sets) > 1:
+        stream.iteration = lambda: trainer.iteration
+
+        def switched(k: int) -> None:
+            if trainer.logger is not None:
+                trainer.logger.write(f"data phase {k} from iteration {trainer.iteration}: "
+                                     f"{parse_phases(cfg.data.dataset)[k].spec} ({sets[k].summary()})")
+
+        stream.on_switch = switched
     if not with_hooks:
         return trainer
 
