@@ -362,3 +362,22 @@ def test_flow_checkpoint_links_with_a_trained_network(tmp_path):
     res = cli(["track", "--stores", stores, "--manifest", root / "manifest.json", "--flow-checkpoint", mf],
               code=2)
     assert "mf.pt: this model has mask features (+mf)" in res.output, res.output
+
+
+def test_derive_drops_tracks_and_track_links_again(tmp_path):
+    """New key objects make the key-object tracks stale: `derive` rewrites a store without its tracks
+    (verify still passes: no store is tracked), and `track` links it again."""
+    from unsamflow.pipeline.store import build_index
+
+    root = tmp_path / "syn"
+    manifest = synth_set(root, sequences=1, frames=2)
+    stores = instance_stores(root, tmp_path / "stores")
+    run_track(stores, manifest, TrackConfig(linker="iou"), None, progress=False)
+    build_index(stores, manifest=manifest)
+    cli(["derive", "--stores", stores, "--key-min-h", "4", "--key-min-w", "4", "--key-min-overlaps", "1",
+         "-q"])
+    assert not _tracked(stores / "store-0.h5")
+    assert verify(stores, manifest, check_hashes=False, progress=False).ok
+    res = run_track(stores, manifest, TrackConfig(linker="iou"), None, progress=False)
+    assert res.written == 1 and _tracked(stores / "store-0.h5")
+    assert verify(stores, manifest, check_hashes=False, progress=False).ok
