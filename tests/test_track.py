@@ -77,6 +77,22 @@ def test_linker_gap(gap, same):
     assert bool(ids[2][0] == ids[0][0]) is same
 
 
+@pytest.mark.parametrize(("gap", "same"), [(1, True), (0, False)])
+def test_linker_bad_frame_counts_as_a_miss(gap, same):
+    """A bad frame (no masks, no image) is a frame every track misses: the estimates wait in the last good
+    frame and the next flow (here: the exact one from that frame) carries them on."""
+    frames = _square_frames(4, speed=3)
+    masks3, _ = frames[2]
+    flow = np.zeros((48, 80, 2), np.float32)  # frame 2 -> frame 0: A moved 6 px
+    a2 = np.zeros((48, 80), bool)
+    a2[10:18, 10:18] = True
+    flow[..., 0][a2] = -6
+    ids = _link([frames[0], (None, None), (masks3, flow), frames[3]], TrackConfig(gap=gap), use_flow=True)
+    assert ids[1].size == 0
+    assert bool(ids[2][0] == ids[0][0]) is same and bool(ids[2][1] == ids[0][1]) is same
+    assert ids[3].tolist() == ids[2].tolist()
+
+
 # -- synthetic sequences through the stage -------------------------------------------------------------
 def synth_set(root: Path, sequences: int = 2, frames: int = 5, seed: int = 0) -> Manifest:
     manifest, _ = generate_dataset(root, sequences=sequences, frames=frames, size=(64, 128), seed=seed,
