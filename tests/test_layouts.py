@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -420,3 +421,39 @@ def test_kitti_raw_and_sintel_raw_layouts(tmp_path):
     m = scan("sintel-raw", sintel)
     assert [p.frame1 for p in m.pairs] == ["s1/00001.png", "s1/00002.png", "s2/00001.png", "s2/00002.png"]
     assert m.meta["ignored"]["examples"] == ["s1/notes.txt"]
+
+
+def _pfm(path: Path, flow: np.ndarray, little_endian: bool = True) -> None:
+    """A PFM file written byte by byte as FlyingThings3D's are: 'PF', W H, scale (< 0: little-endian),
+    3 float channels (u, v, 0), rows from the bottom up."""
+    h, w = flow.shape[:2]
+    data = np.concatenate([flow, np.zeros((h, w, 1), np.float32)], axis=2)[::-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = f"PF\n{w} {h}\n{-1.0 if little_endian else 1.0}\n".encode()
+    path.write_bytes(head + data.astype("<f4" if little_endian else ">f4").tobytes())
+
+
+def test_flyingthings3d_layout_and_pfm_flow(tmp_path):
+    from unsamflow.pipeline.flow import open_dataset, read_flow
+    from unsamflow.pipeline.images import write_png
+
+    scene = "frames_cleanpass/TRAIN/A/0000"
+    for i in (6, 7, 8):
+        for cam in ("left", "right"):
+            write_png(tmp_path / scene / cam / f"{i:04d}.png", np.full((4, 5, 3), i, np.uint8))
+    flow = np.arange(40, dtype=np.float32).reshape(4, 5, 2)  # row 0 is the image's top row
+    gt = tmp_path / "optical_flow/TRAIN/A/0000/into_future/left"
+    _pfm(gt / "OpticalFlowIntoFuture_0006_L.pfm", flow)
+    _pfm(gt / "OpticalFlowIntoFuture_0007_L.pfm", -flow, little_endian=False)
+    read, valid = read_flow(gt / "OpticalFlowIntoFuture_0006_L.pfm")
+    np.testing.assert_array_equal(read, flow)
+    assert valid.all() and read[0, 0].tolist() == [0.0, 1.0]
+    np.testing.assert_array_equal(read_flow(gt / "OpticalFlowIntoFuture_0007_L.pfm")[0], -flow)
+    ds = open_dataset("flyingthings3d-clean-train", tmp_path, gt_only=True)
+    assert [p.frame1 for p in ds.pairs] == [f"{scene}/left/0006.png", f"{scene}/left/0007.png"]
+    np.testing.assert_array_equal(ds[0]["flow"], flow)
+    m = scan("flyingthings3d", tmp_path, cameras="left,right")
+    assert len({f.sequence for f in m.frames}) == 2 and sum(p.flow is not None for p in m.pairs) == 2
+    (tmp_path / "bad.pfm").write_bytes(b"PF\n5 4\n-1.0\n" + b"\0" * 10)
+    with pytest.raises(BadInputError, match="bad.pfm: PFM data is 10 bytes, 4x5x3 needs 240"):
+        read_flow(tmp_path / "bad.pfm")

@@ -134,13 +134,40 @@ def read_label_png(path: str | Path, shape: tuple[int, int] | None = None) -> np
 
 # -- dispatch by extension -------------------------------------------------------------------------
 def read_flow(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read .flo or KITTI .png flow by extension: (flow H x W x 2 float32, valid H x W bool)."""
+    """Read .flo, KITTI .png or .pfm flow by extension: (flow H x W x 2 float32, valid H x W bool)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".flo":
         return read_flo(path)
     if suffix == ".png":
         return read_kitti_flow(path)
-    raise BadInputError(f"{path}: unknown flow file type {suffix!r} (expected .flo or KITTI .png)")
+    if suffix == ".pfm":
+        return read_pfm_flow(path)
+    raise BadInputError(f"{path}: unknown flow file type {suffix!r} (expected .flo, KITTI .png or .pfm)")
+
+
+# -- .pfm (FlyingThings3D) -------------------------------------------------------------------
+def read_pfm_flow(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Flow from a PFM file as FlyingThings3D stores it: 3 float channels (u, v, 0), rows stored bottom
+    first, the sign of the scale line giving the byte order (negative = little-endian)."""
+    data = _read_bytes(path)
+    parts = data.split(b"\n", 3)
+    if len(parts) < 4 or parts[0].strip() not in (b"PF", b"Pf"):
+        raise BadInputError(f"{path}: not a PFM file (header {data[:8]!r})")
+    channels = 3 if parts[0].strip() == b"PF" else 1
+    try:
+        w, h = (int(v) for v in parts[1].split())
+        scale = float(parts[2])
+    except ValueError:
+        raise BadInputError(f"{path}: malformed PFM header {b' '.join(parts[:3])!r}") from None
+    if channels < 2:
+        raise BadInputError(f"{path}: a one-channel PFM (disparity?) holds no flow")
+    if not (0 < w <= MAX_DIM and 0 < h <= MAX_DIM):
+        raise BadInputError(f"{path}: PFM header has nonsense dimensions {h}x{w} (HxW)")
+    need = 4 * channels * w * h
+    if len(parts[3]) != need:
+        raise BadInputError(f"{path}: PFM data is {len(parts[3])} bytes, {h}x{w}x{channels} needs {need}")
+    values = np.frombuffer(parts[3], "<f4" if scale < 0 else ">f4").reshape(h, w, channels)
+    return _split_unknown(np.ascontiguousarray(values[::-1, :, :2]).astype(np.float32))
 
 
 def write_flow(path: str | Path, flow: np.ndarray, valid: np.ndarray | None = None) -> Path:

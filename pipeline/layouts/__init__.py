@@ -52,9 +52,10 @@ from unsamflow.pipeline.layouts import synthetic  # noqa: E402  (synthetic scene
 
 register(synthetic.LAYOUT)
 
-from unsamflow.pipeline.layouts import flyingchairs, hd1k, kitti_raw, pairs  # noqa: E402
+from unsamflow.pipeline.layouts import flyingchairs, flyingthings3d, hd1k, kitti_raw, pairs  # noqa: E402
 
 register(flyingchairs.LAYOUT)
+register(flyingthings3d.LAYOUT)
 register(hd1k.LAYOUT)
 register(pairs.LAYOUT)
 register(kitti_raw.KITTI_RAW)
