@@ -397,3 +397,21 @@ def test_derive_drops_tracks_and_track_links_again(tmp_path):
     res = run_track(stores, manifest, TrackConfig(linker="iou"), None, progress=False)
     assert res.written == 1 and _tracked(stores / "store-0.h5")
     assert verify(stores, manifest, check_hashes=False, progress=False).ok
+
+
+def test_run_tracks_after_segment_and_skips_tracked_stores_on_rerun(tmp_path):
+    import json
+
+    root = tmp_path / "syn"
+    synth_set(root, sequences=1, frames=3)
+    args = ["run", "--layout", "synthetic", "--root", root, "--out", tmp_path / "out", "--shards", "1",
+            "--workers", "1", "--no-dashboard", "--pictures", "0", "--no-hash", "--json", "-q"]
+
+    def run(*extra: str) -> dict:
+        return json.loads(CliRunner().invoke(main, [str(a) for a in [*args, *extra]]).stdout)
+
+    first = run()
+    assert first["track"]["written"] == 1 and "track" in first["stages_s"] and first["verify"]["ok"]
+    again = run()
+    assert again["track"]["written"] == 0 and again["track"]["skipped"] == 1
+    assert run("--no-track")["track"] is None
