@@ -1,11 +1,14 @@
 """The GPU check's measurements under one deadline (run by scripts/gpu_check.sh after its install and its
 CUDA tests): every figure of benchmarks/gpu_measures.py into OUT/results.json and OUT/results.md.
 
-Each measurement runs in a forked process of its own (torch is imported once, here, before any CUDA use),
-in a process group of its own, with a time limit: one that fails, runs out of memory, breaks its CUDA
-context or hangs is recorded with its error and the next one runs. The results are rewritten after every
-measurement, so a run stopped from outside keeps what it had. Time: the planned seconds of each
-measurement bound it, the learning run (last) gets what is left, and nothing starts past the deadline.
+Each measurement runs in a forked process of its own (torch is imported once, here, and CUDA is never
+touched here: is_available goes through NVML, which keeps forks usable), in a process group of its own,
+with a time limit: one that fails, runs out of memory, breaks its CUDA context or hangs is recorded with
+its error (and the figures it had saved so far) and the next one runs. Should CUDA refuse a forked
+process, the rest run in spawned ones (`--start-method spawn` asks for that from the start). The results
+are rewritten after every measurement, so a run stopped from outside keeps what it had. Time: each
+measurement gets 1.5 x its planned seconds, less the reserves of those still to come; the learning run
+gets what is left; nothing starts past the deadline.
 
 Run: python -m benchmarks.gpu_check --out DIR --budget SECONDS [--cpu-smoke] [--only a,b]
 """
@@ -26,16 +29,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch  # noqa: F401  (imported once here: the forked measurements share it)
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # torch.cuda.is_available() without cuInit
 
-from benchmarks.gpu_measures import MEASURES, Ctx, run_one
+import torch  # noqa: E402  (imported once here: the forked measurements share it)
+
+from benchmarks.gpu_measures import MEASURES, OPEN_ENDED, RESERVE_S, Ctx, run_one  # noqa: E402
 
 # Imported here once, before any fork, so that no measurement pays for them again (seconds each on a
 # small CPU). None of them starts a thread or touches CUDA when imported; dask is left to the children.
 PRELOAD = ("torch.optim", "torch._dynamo", "unsamflow.trainer.model", "unsamflow.trainer.engine.run",
            "unsamflow.trainer.evaluation", "unsamflow.pipeline.segmenters.sam")
-LEARNING_RESERVE_S = 150  # seconds kept for the learning run (data, ~90 s of training, evaluation)
 MIN_SLOT_S = 8  # a measurement with less time than this is skipped, not started
+
+
+# What CUDA or torch say when a forked process may not use CUDA: the rest then run in spawned processes.
+FORK_REFUSED = ("Cannot re-initialize CUDA in forked subprocess", "CUDA error: initialization error")
 
 
 def _child(name: str, ctx: Ctx, result: Path) -> None:
@@ -43,26 +51,33 @@ def _child(name: str, ctx: Ctx, result: Path) -> None:
     run_one(name, ctx, result)
 
 
-def run_measure(name: str, ctx: Ctx, timeout: float) -> dict[str, Any]:
-    """One measurement in a forked process; its JSON, or the reason it has none."""
+def run_measure(name: str, ctx: Ctx, timeout: float, method: str = "fork") -> dict[str, Any]:
+    """One measurement in a process of its own; its JSON, or the reason it has none (with the figures it
+    had saved, if any)."""
     result = ctx.work / f"result-{name}.json"
-    result.unlink(missing_ok=True)
+    ctx.partial = ctx.work / f"partial-{name}.json"
+    for f in (result, ctx.partial):
+        f.unlink(missing_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    proc = mp.get_context("fork").Process(target=_child, args=(name, ctx, result), name=f"gpu-check-{name}")
+    proc = mp.get_context(method).Process(target=_child, args=(name, ctx, result), name=f"gpu-check-{name}")
     t0 = time.perf_counter()
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
         _kill_group(proc.pid)
         proc.join(10)
-        return {"error": f"timed out after {timeout:.0f} s (the check's time budget)",
-                "seconds": time.perf_counter() - t0}  # fmt: skip
-    _kill_group(proc.pid)  # whatever it left running (a nanny, a loader worker)
-    if result.is_file():
-        return json.loads(result.read_text())
-    return {"error": f"the measurement's process died with exit code {proc.exitcode} before writing a result",
-            "seconds": time.perf_counter() - t0}  # fmt: skip
+        doc = {"error": f"timed out after {timeout:.0f} s (the check's time budget)"}
+    else:
+        _kill_group(proc.pid)  # whatever it left running (a nanny, a loader worker)
+        if result.is_file():
+            return json.loads(result.read_text())
+        doc = {"error": f"the measurement's process died with exit code {proc.exitcode} before writing a "
+                        "result"}  # fmt: skip
+    if ctx.partial.is_file():
+        doc["figures"] = json.loads(ctx.partial.read_text())
+        doc["error"] += "; the figures are those saved before"
+    return {**doc, "seconds": time.perf_counter() - t0}
 
 
 def _kill_group(pid: int | None) -> None:
@@ -74,12 +89,10 @@ def _kill_group(pid: int | None) -> None:
 
 def plan(name: str, smoke: bool, left: float, later: list[str]) -> float:
     """Seconds measurement `name` may take: its planned time (x1.5 on a GPU; generous in the smoke run,
-    whose sizes are tiny but whose CPU is shared), less what the learning run keeps if it is still to come."""
-    planned = MEASURES[name][1]
-    if name == "learning":
-        return left
-    reserve = LEARNING_RESERVE_S if "learning" in later and not smoke else 0
-    cap = 120 if smoke else 1.5 * planned
+    whose sizes are tiny but whose CPU is shared; the open-ended one: all), less the reserves of the
+    measurements still to come (GPU runs only)."""
+    reserve = 0.0 if smoke else sum(RESERVE_S.get(n, 0.0) for n in later)
+    cap = 120.0 if smoke else (float("inf") if name == OPEN_ENDED else 1.5 * MEASURES[name][1])
     return max(0.0, min(cap, left - reserve))
 
 
@@ -171,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests-log", type=Path, help="the CUDA tests' pytest output (from gpu_check.sh)")
     ap.add_argument("--tests-rc", type=int, help="their exit code")
     ap.add_argument("--note", action="append", default=[], help="KEY=VALUE recorded under notes")
+    ap.add_argument("--start-method", choices=["auto", "fork", "spawn"], default="auto",
+                    help="how measurement processes start (auto: fork, spawn once CUDA refuses a fork)")
     args = ap.parse_args(argv)
     deadline = time.time() + args.budget
     for mod in PRELOAD:
@@ -192,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         "cuda_tests": cuda_tests_summary(args.tests_log, args.tests_rc), "measures": {},
     }  # fmt: skip
     t_start = time.time()
+    method = "spawn" if args.start_method == "spawn" or torch.cuda.is_initialized() else "fork"
+    doc["notes"]["start_method"] = method
     for i, name in enumerate(names):
         slot = plan(name, args.cpu_smoke, deadline - time.time(), names[i + 1:])
         print(f"[gpu-check] {name}: {MEASURES[name][0]} (up to {slot:.0f} s)", flush=True)
@@ -199,7 +216,15 @@ def main(argv: list[str] | None = None) -> int:
             doc["measures"][name] = {"error": f"not run: {slot:.0f} s left of the budget"}
         else:
             ctx = Ctx(smoke=args.cpu_smoke, work=work, out=args.out, deadline=time.time() + slot)
-            doc["measures"][name] = run_measure(name, ctx, slot)
+            doc["measures"][name] = run_measure(name, ctx, slot, method)
+            refused = any(m in doc["measures"][name].get("error", "") for m in FORK_REFUSED)
+            if refused and method == "fork" and args.start_method == "auto":
+                print(f"[gpu-check] {name}: CUDA refused a forked process; this and the rest run spawned",
+                      flush=True)  # fmt: skip
+                method = doc["notes"]["start_method"] = "spawn"
+                slot = plan(name, args.cpu_smoke, deadline - time.time(), names[i + 1:])
+                ctx = Ctx(smoke=args.cpu_smoke, work=work, out=args.out, deadline=time.time() + slot)
+                doc["measures"][name] = run_measure(name, ctx, slot, method)
         res = doc["measures"][name]
         print(f"[gpu-check] {name}: " + (f"ERROR {res['error']}" if "error" in res else
               f"done in {res.get('seconds', 0):.1f} s"), flush=True)  # fmt: skip

@@ -40,6 +40,12 @@ class Ctx:
     work: Path  # scratch shared by the measurements of one run (data sets, checkpoints)
     out: Path  # the output folder (pictures go here)
     deadline: float  # time.time() by which this measurement must have returned
+    partial: Path | None = None  # where figures so far go (kept if the measurement is stopped)
+
+    def save_partial(self, figures: dict) -> None:
+        """Figures so far: what the results keep if this measurement runs out of time or crashes."""
+        if self.partial is not None:
+            self.partial.write_text(json.dumps(figures, indent=1, default=str))
 
     @property
     def device(self) -> torch.device:
@@ -334,39 +340,43 @@ def measure_sam(ctx: Ctx) -> dict:
     from unsamflow.pipeline.segmenters.base import SegmenterSpec
 
     frames = _frames(ctx)
-    models = ctx.pick(["vit_b", "vit_h"], ["vit_tiny"])
-    rows = []
-    for model_type in models:
-        for filters in ("default", "off")[: ctx.pick(2, 1)]:  # the smoke run: the code path, once
-            extra = {} if filters == "default" else {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
-            row: dict[str, Any] = {"model": model_type, "filters": filters}
-            try:
-                t0 = time.perf_counter()
-                seg = build_segmenter(SegmenterSpec("sam", _sam_options(ctx, model_type, **extra)))
-                row["build_s"] = time.perf_counter() - t0
-                if not ctx.smoke:
-                    seg(frames["kitti"][0])  # warm-up: cudnn's choices, allocator
+    # most wanted first; each row starts only with time for it left (ViT-H: ~2.5 GB written and read)
+    runs = ctx.pick([("vit_b", "default", 20), ("vit_h", "default", 40), ("vit_h", "off", 40),
+                     ("vit_b", "off", 20)], [("vit_tiny", "default", 0)])  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    head = {"points_per_side": ctx.pick(32, 4), "weights": "random (real architectures)"}
+    for model_type, filters, needs in runs:
+        row: dict[str, Any] = {"model": model_type, "filters": filters}
+        if ctx.left() < needs:
+            rows.append({**row, "skipped": f"{ctx.left():.0f} s left of its time"})
+            continue
+        extra = {} if filters == "default" else {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+        try:
+            t0 = time.perf_counter()
+            seg = build_segmenter(SegmenterSpec("sam", _sam_options(ctx, model_type, **extra)))
+            row["build_s"] = time.perf_counter() - t0
+            if not ctx.smoke and filters == "default":  # warm-up: cuDNN's choices, the allocator
+                seg(frames["kitti"][0])
+            _sync()
+            for kind, images in frames.items():
+                if filters == "off":
+                    images = images[:1]
+                t0, masks = time.perf_counter(), 0
+                for im in images:
+                    masks += len(seg(im))
                 _sync()
-                for kind, images in frames.items():
-                    if filters == "off":
-                        images = images[:1]
-                    t0, masks = time.perf_counter(), 0
-                    for im in images:
-                        masks += len(seg(im))
-                    _sync()
-                    row[f"{kind}_s_per_frame"] = (time.perf_counter() - t0) / len(images)
-                    row[f"{kind}_masks_per_frame"] = masks / len(images)
-                    row[f"{kind}_size"] = f"{images[0].shape[0]}x{images[0].shape[1]}"
-                row["peak_gib"] = _peak_gib()
-                del seg
-            except Exception as exc:  # one model's failure (e.g. out of memory) leaves the others' rows
-                row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-            rows.append(row)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if ctx.left() < 30 and rows:
-                break
-    return {"rows": rows, "points_per_side": ctx.pick(32, 4), "weights": "random (real architectures)"}
+                row[f"{kind}_s_per_frame"] = (time.perf_counter() - t0) / len(images)
+                row[f"{kind}_masks_per_frame"] = masks / len(images)
+                row[f"{kind}_size"] = f"{images[0].shape[0]}x{images[0].shape[1]}"
+            row["peak_gib"] = _peak_gib()
+            del seg
+        except Exception as exc:  # one model's failure (e.g. out of memory) leaves the others' rows
+            row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        rows.append(row)
+        ctx.save_partial({"rows": rows, **head})
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return {"rows": rows, **head}
 
 
 def measure_pipeline(ctx: Ctx) -> dict:
@@ -439,6 +449,10 @@ def measure_learning(ctx: Ctx) -> dict:
     t0 = time.perf_counter()
     summary = train(prepare(config(iterations), run_dir))
     trained_s = time.perf_counter() - t0
+    info = {"preset": "cpu-demo (full recipe, shrunk)", "frames": f"{size[0]}x{size[1]}",
+            "crop": f"{crop[0]}x{crop[1]}", "batch": batch, "iterations": iterations, "train_s": trained_s,
+            "final_losses": summary.get("losses")}  # fmt: skip
+    ctx.save_partial(info)
     ds = open_dataset("synthetic", held, gt_only=True)
     segs = open_segs(None, segment=True)
     results = {}
@@ -447,9 +461,8 @@ def measure_learning(ctx: Ctx) -> dict:
         r = evaluate(predictor, ds, "synthetic", segs=segs)
         results[name] = {k: r.metrics[k] for k in ("epe", "flall") if k in r.metrics} | {
             "pairs": len(r.pairs)}
-    return {"preset": "cpu-demo (full recipe, shrunk)", "frames": f"{size[0]}x{size[1]}",
-            "crop": f"{crop[0]}x{crop[1]}", "batch": batch, "iterations": iterations, "train_s": trained_s,
-            "final_losses": summary.get("losses"), "heldout": results}  # fmt: skip
+        ctx.save_partial({**info, "heldout": results})
+    return {**info, "heldout": results}
 
 
 def _iterations_for(ctx: Ctx, config: Any) -> int:
@@ -476,7 +489,7 @@ def _iterations_for(ctx: Ctx, config: Any) -> int:
                 bucket.append(time.perf_counter() - t0)
     del probe
     step_s = 0.25 * statistics.median(first) + 0.75 * statistics.median(last)
-    train_s = ctx.pick(min(210.0, max(30.0, ctx.left() - 40)), 0.0)
+    train_s = ctx.pick(min(210.0, max(30.0, ctx.left() - 40)), 0.0)  # 40 s: saving and the evaluation
     return max(ctx.pick(20, 2), int(train_s / step_s))
 
 
@@ -491,15 +504,23 @@ MEASURES: dict[str, tuple[str, float, Any]] = {
                                  lambda c: measure_train_step(c, "bf16_channels_last")),
     "sam": ("SAM ViT-B / ViT-H automatic mask generation", 90, measure_sam),
     "pipeline": ("segment on 1 GPU worker vs the segmenter alone", 60, measure_pipeline),
+    "learning": ("short learning run, held-out EPE vs zero and DIS", 300, measure_learning),
     "train_bf16_compile": ("training step, bf16 + torch.compile", 75,
                            lambda c: measure_train_step(c, "bf16_compile")),
-    "learning": ("short learning run, held-out EPE vs zero and DIS", 300, measure_learning),
 }
+# Seconds kept for a measurement while the ones before it run (on a GPU run): the learning run needs its
+# data, a probe, ~1.5 minutes of training at least and the evaluation; torch.compile gets a minute to try.
+RESERVE_S = {"learning": 150.0, "train_bf16_compile": 60.0}
+# The measurement that takes whatever is left (less the reserves of those after it).
+OPEN_ENDED = "learning"
 
 
 def run_one(name: str, ctx: Ctx, result: Path) -> None:
     """Run measurement `name` and write {"figures": ...} or {"error": ...} to `result`."""
     import traceback
+
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes throughout: let cuDNN pick its kernels
 
     t0 = time.perf_counter()
     try:

@@ -65,19 +65,24 @@ def _hangs(ctx):
     time.sleep(600)
 
 
+def _saves_then_hangs(ctx):
+    ctx.save_partial({"rows": [{"model": "first of two"}]})
+    time.sleep(600)
+
+
 def test_failing_dying_and_hanging_measurements_are_recorded_and_the_others_run(tmp_path, monkeypatch):
     from benchmarks import gpu_check, gpu_measures
 
-    fake = {"first": ("ok", 1, _ok), "boom": ("raises", 1, _boom), "dies": ("exits", 1, _dies),
-            "hangs": ("hangs", 1, _hangs), "after": ("ok again", 1, _ok), "stuck": ("hangs long", 60, _hangs),
-            "late": ("no time", 1, _ok)}  # fmt: skip
+    fake = {"first": ("ok", 10, _ok), "boom": ("raises", 10, _boom), "dies": ("exits", 10, _dies),
+            "hangs": ("hangs", 1, _hangs), "after": ("ok again", 10, _ok),
+            "stuck": ("hangs", 60, _saves_then_hangs), "late": ("no time", 10, _ok)}  # fmt: skip
     monkeypatch.setattr(gpu_measures, "MEASURES", fake)
     monkeypatch.setattr(gpu_check, "MEASURES", fake)
     monkeypatch.setattr(gpu_check, "MIN_SLOT_S", 1.0)
     # a hanging one is given 1.5 x its planned seconds on a "GPU" run, or what is left of the budget, then
     # killed with its process group; past the budget nothing starts
     t0 = time.perf_counter()
-    rc = gpu_check.main(["--out", str(tmp_path / "out"), "--budget", "6", "--work", str(tmp_path / "w")])
+    rc = gpu_check.main(["--out", str(tmp_path / "out"), "--budget", "8", "--work", str(tmp_path / "w")])
     assert time.perf_counter() - t0 < 30
     assert rc == 1
     ms = json.loads((tmp_path / "out" / "results.json").read_text())["measures"]
@@ -85,7 +90,8 @@ def test_failing_dying_and_hanging_measurements_are_recorded_and_the_others_run(
     assert ms["boom"]["error"] == "ValueError: bad figure" and "raise ValueError" in ms["boom"]["traceback"]
     assert "exit code 3" in ms["dies"]["error"]
     assert ms["hangs"]["error"].startswith("timed out after 2 s")
-    assert ms["stuck"]["error"].startswith("timed out after") and ms["stuck"]["seconds"] < 6
+    assert ms["stuck"]["error"].startswith("timed out after") and ms["stuck"]["seconds"] < 8
+    assert ms["stuck"]["figures"] == {"rows": [{"model": "first of two"}]}  # what it had saved is kept
     assert ms["late"]["error"].startswith("not run:")
     md = (tmp_path / "out" / "results.md").read_text()
     assert "error after" in md and "bad figure" in md
