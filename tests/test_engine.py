@@ -545,13 +545,16 @@ def _wait_for_line(stream, prefix: str, limit: float = 180.0) -> list[str]:
 
 
 def test_sigterm_checkpoints_the_last_step_and_exits_75_then_resume_continues(tiny_train_set, tmp_path):
+    """SIGTERM to the whole process group, as a scheduler sends it (the DataLoader worker too): the
+    worker keeps serving until the checkpoint is written."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "unsamflow.trainer",
            *train_cmd(tiny_train_set, run, "optim.iterations=500", "logging.checkpoint_every=0",
-                      "logging.progress_seconds=0", "logging.every=1")]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                      "logging.progress_seconds=0", "logging.every=1", "data.workers=1")]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
     seen = _wait_for_line(proc.stderr, "train it 2/")
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     err = "".join(seen) + err
     assert proc.returncode == 75, err

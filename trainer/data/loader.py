@@ -10,6 +10,7 @@ iterating each epoch; `set_epoch(loader, epoch, skip_batches=n)` resumes after t
 from __future__ import annotations
 
 import random
+import signal
 
 import numpy as np
 import torch
@@ -66,10 +67,17 @@ def worker_init(worker_id: int) -> None:
 
     Thread pools are left alone: torch already gives each worker one thread, and resizing a pool the
     parent had started (torch.set_num_threads, cv2.setNumThreads) deadlocks in a forked worker (seen
-    here with torch 2.14 and OpenCV 4)."""
+    here with torch 2.14 and OpenCV 4).
+
+    SIGTERM and SIGUSR1 are ignored here: a scheduler signals every process of a job, and the training
+    process answers them with a checkpoint (engine/preemption.py), which needs its workers alive until
+    then; it ends them itself (and they exit when it dies)."""
     seed = torch.initial_seed() % 2**32  # the DataLoader's base seed + worker id
     random.seed(seed)
     np.random.seed(seed)
+    for name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def build_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
