@@ -230,6 +230,10 @@ def test_pairs_list_as_text_csv_and_json(shared_data, tmp_path):
     assert txt[0]["valid"].all() and csv[0]["valid"].sum() == valid.sum()
     np.testing.assert_array_equal(txt[0]["flow"], csv[0]["flow"])
     assert len(open_dataset("pairs", tmp_path / "list.json")) == 1
+    r = CliRunner().invoke(main, ["manifest", "--layout", "pairs", "--root", str(tmp_path / "list.csv"),
+                                  "--out", str(tmp_path / "m.json")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert Manifest.load(tmp_path / "m.json").pairs[0].valid == "valid.png"
     assert len(open_dataset("pairs", tmp_path / "list.json", gt_only=True)) == 0
     # errors name the line and what is wrong
     (tmp_path / "bad.txt").write_text(f"{c}-img0.ppm {c}-nothing.ppm\n")

@@ -36,8 +36,8 @@ from unsamflow.pipeline.segmenters import check_spec
 @click.option("--config", type=click.Path(dir_okay=False), callback=load_config, is_eager=True,
               expose_value=False, help="YAML file whose keys are this command's options (flags override).")
 @layout_options(required=False)
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Dataset root.")
+@click.option("--root", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Dataset root (layout pairs: the list file, or the folder holding it).")
 @click.option("--manifest", "manifest_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Use this frame list instead of scanning --root.")
 @click.option("--allow-partial", is_flag=True,

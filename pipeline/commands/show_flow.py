@@ -16,8 +16,8 @@ from unsamflow.pipeline.layouts import scan
 
 @click.command("show-flow", epilog=EXIT_CODES)
 @layout_options(required=True)
-@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="Dataset root folder.")
+@click.option("--root", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Dataset root folder (dataset pairs: the list file).")
 @click.option("--pair", "pair_index", type=int, default=None, help="Pair index in the scanned manifest.")
 @click.option("--frame", default=None, help="Frame id of the pair's first frame (instead of --pair).")
 @click.option("--flow", "pred", type=click.Path(dir_okay=False, path_type=Path), default=None,

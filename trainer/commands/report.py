@@ -13,7 +13,7 @@ from unsamflow.pipeline.errors import BadInputError
 @click.option("--run", "run", required=True, type=click.Path(),
               help="Training run folder (its latest ckpt_*.pt) or a checkpoint file.")
 @click.option("--dataset", help="Dataset name of the held-out pairs, e.g. synthetic.")
-@click.option("--root", type=click.Path(file_okay=False), help="Root of --dataset.")
+@click.option("--root", type=click.Path(), help="Root of --dataset (pairs: the list file).")
 @click.option("--masks", type=click.Path(file_okay=False), help="Mask stores of --dataset (+mf models).")
 @click.option("--real-samples/--no-real-samples", default=True, show_default=True,
               help="Also evaluate the real samples the repository ships (tests/data, or "
