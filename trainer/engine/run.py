@@ -461,7 +461,7 @@ def train(p: Prepared) -> dict[str, Any]:
         p.run_dir.mkdir(parents=True, exist_ok=True)
         for tmp in (p.run_dir / CHECKPOINTS).glob(".*.tmp-*"):  # a killed save's (run_lock: not a live one's)
             tmp.unlink(missing_ok=True)
-        if p.checkpoint is None or p.extension is not None:  # an extension rewrites the run's config
+        if p.checkpoint is None or config_to_dict(p.cfg) != p.checkpoint["config"]:  # resumed with changes
             text = yaml.safe_dump(config_to_dict(p.cfg), sort_keys=False)
             write_bytes_atomic(p.run_dir / CONFIG_FILE, text.encode())
     distributed.barrier()
