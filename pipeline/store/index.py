@@ -284,6 +284,42 @@ def structural_problems(path: Path) -> list[str]:
         return [f"shard {path.name}: cannot read ({type(exc).__name__}: {exc})"]
 
 
+# A damaged HDF5 file can make the library loop for ever (test_integrity's bit flips: 1 in 64 here), so
+# the full read of a store without a checksum runs in a child process with a time limit.
+FULL_READ_BASE_S = 60.0
+FULL_READ_BYTES_PER_S = 20e6
+
+
+def full_read_problems(path: Path) -> list[str]:
+    """`structural_problems` in a child process, stopped (and reported) when it does not finish within
+    FULL_READ_BASE_S plus the file's size at FULL_READ_BYTES_PER_S."""
+    import multiprocessing as mp
+
+    limit = FULL_READ_BASE_S + path.stat().st_size / FULL_READ_BYTES_PER_S
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_full_read_child, args=(path, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if receive.poll(limit):
+            return receive.recv()
+        return [f"shard {path.name}: a full read did not finish within {limit:.0f} s (HDF5 can loop on a "
+                "damaged file)"]
+    except EOFError:
+        return [f"shard {path.name}: the full read crashed (exit status {child.exitcode})"]
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+
+
+def _full_read_child(path: Path, send) -> None:
+    send.send(structural_problems(path))
+    send.close()
+
+
 def check_and_open(path: Path) -> MaskStore:
     """A MaskStore for `path` once its bytes match its sidecar (StoreCorrupt before HDF5 sees them).
 
@@ -294,7 +330,7 @@ def check_and_open(path: Path) -> MaskStore:
     try:
         check_store_file(path)
     except StoreUnverifiable:
-        problems = structural_problems(path)
+        problems = full_read_problems(path)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise StoreCorrupt(f"shard {path.name} has no checksum file and a full read finds it damaged: "
