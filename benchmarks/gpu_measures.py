@@ -455,13 +455,30 @@ def measure_learning(ctx: Ctx) -> dict:
     ctx.save_partial(info)
     ds = open_dataset("synthetic", held, gt_only=True)
     segs = open_segs(None, segment=True)
-    results = {}
+    results: dict[str, Any] = {}
+    panels: dict[str, np.ndarray] = {}  # the first held-out pair's picture, per predictor
     predictors = {"model": load_network(run_dir, str(ctx.device))[0], "zero": ZeroFlow(), "dis": DISFlow()}
     for name, predictor in predictors.items():
-        r = evaluate(predictor, ds, "synthetic", segs=segs)
+
+        def picture(sample: dict, flow: np.ndarray, _refined: Any, name: str = name) -> None:
+            if name != "zero" and name not in panels:
+                from unsamflow.pipeline.flow import flow_panel
+
+                panels[name] = flow_panel(sample["img1"], sample["img2"], flow, sample["flow"],
+                                          sample["valid"], annotate=True)  # fmt: skip
+
+        r = evaluate(predictor, ds, "synthetic", segs=segs, on_flow=picture)
         results[name] = {k: r.metrics[k] for k in ("epe", "flall") if k in r.metrics} | {
             "pairs": len(r.pairs)}
         ctx.save_partial({**info, "heldout": results})
+    if panels:  # model over DIS on the first held-out pair
+        from unsamflow.pipeline.images import write_png
+
+        width = max(p.shape[1] for p in panels.values())
+        rows = [np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+                for p in panels.values()]  # fmt: skip
+        png = write_png(ctx.out / "learning.png", np.concatenate(rows, 0))
+        results["picture"] = f"{png.name}: the first held-out pair, {' over '.join(panels)}"
     return {**info, "heldout": results}
 
 

@@ -26,7 +26,8 @@ def test_cpu_smoke_runs_the_whole_script_and_writes_every_figure(tmp_path):
     cmd = ["bash", str(SCRIPT), "--cpu-smoke", "--out", str(out), "--wheels", str(tmp_path / "none")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert {p.name for p in out.iterdir()} == {"log.txt", "cuda_tests.txt", "results.json", "results.md"}
+    assert {p.name for p in out.iterdir()} == {"log.txt", "cuda_tests.txt", "results.json", "results.md",
+                                               "learning.png"}  # fmt: skip
     doc = json.loads((out / "results.json").read_text())
     assert doc["mode"] == "cpu-smoke" and doc["notes"]["install"].startswith(("pip", "link"))
     # the CUDA tests ran and skipped, each with its reason
@@ -44,6 +45,7 @@ def test_cpu_smoke_runs_the_whole_script_and_writes_every_figure(tmp_path):
     assert f["sam"]["rows"] and "kitti_s_per_frame" in f["sam"]["rows"][0]
     assert f["pipeline"]["frames"] == 2 and f["pipeline"]["segmenter_s"] > 0
     held = f["learning"]["heldout"]
+    assert held.pop("picture") == "learning.png: the first held-out pair, model over dis"
     assert set(held) == {"model", "zero", "dis"} and all(math.isfinite(h["epe"]) for h in held.values())
     md = (out / "results.md").read_text()
     assert "## Training step" in md and "| fp32 |" in md and "CUDA tests" in md
