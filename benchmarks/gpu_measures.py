@@ -270,7 +270,8 @@ def measure_train_step(ctx: Ctx, variant: str) -> dict:
         trainer.run_step()
         trainer.iteration += 1
     _sync()
-    out["warmup_s"] = time.perf_counter() - t0
+    out["warmup_s"] = time.perf_counter() - t0  # with torch.compile: the compilation
+    ctx.save_partial(out)
     _peak_reset()
     steps = []
     for _ in range(timed):
@@ -281,6 +282,7 @@ def measure_train_step(ctx: Ctx, variant: str) -> dict:
         steps.append(time.perf_counter() - t0)
     out.update({"s_per_step": statistics.median(steps), "s_per_step_min": min(steps),
                 "samples_per_s": cfg.optim.batch_size / statistics.median(steps), "peak_gib": _peak_gib()})
+    ctx.save_partial(out)
     trainer.timer.sync = True
     phases: list[dict[str, float]] = [] if phased else [{**trainer.step_times, "step": steps[-1]}]
     for _ in range(phased):
