@@ -310,9 +310,10 @@ def _sam_checkpoint(ctx: Ctx, model_type: str) -> Path:
     if not path.exists():
         if model_type == "vit_tiny":
             write_tiny_sam_checkpoint(path)
-        else:
+        else:  # under a temporary name: a measurement stopped while saving leaves no half checkpoint
             torch.manual_seed(0)
-            torch.save(build_sam_model(model_type).state_dict(), path)
+            torch.save(build_sam_model(model_type).state_dict(), path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
     return path
 
 
