@@ -46,6 +46,14 @@ export TQDM_DISABLE=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 # cost more than they give)
 [ -n "$smoke" ] && export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
+if [ -z "$smoke" ] && ! "$py" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  echo "[gpu-check] no CUDA device here: this check is for a GPU machine (--cpu-smoke runs it on a CPU with" \
+    "tiny sizes)" >&2
+  "$py" -c "import torch; print('[gpu-check] torch', torch.__version__, 'built for CUDA', torch.version.cuda)" 2>&1
+  command -v nvidia-smi >/dev/null && nvidia-smi -L 2>&1
+  exit 2
+fi
+
 # 1. install: the carried wheels, then the project from this tree, into one target folder
 site="$work/site"
 mkdir -p "$site"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
@@ -99,11 +100,17 @@ def test_failing_dying_and_hanging_measurements_are_recorded_and_the_others_run(
     assert "error after" in md and "bad figure" in md
 
 
-def test_the_script_refuses_bad_arguments(tmp_path):
+def test_the_script_refuses_bad_arguments_and_a_machine_without_cuda(tmp_path):
     for args, msg in ((["--budget", "soon"], "--budget must be whole seconds"), (["--frob"], "unknown")):
         cmd = ["bash", str(SCRIPT), *args, "--out", str(tmp_path)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         assert proc.returncode == 2 and msg in proc.stderr
+    if not torch.cuda.is_available():  # the full check on a CPU would take hours: refused
+        env = {**os.environ, "PYTHON": sys.executable}
+        cmd = ["bash", str(SCRIPT), "--out", str(tmp_path / "out"), "--wheels", str(tmp_path / "none")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 2 and "no CUDA device here" in proc.stdout + proc.stderr
+        assert "--cpu-smoke" in proc.stdout + proc.stderr
 
 
 def test_wheel_set_is_what_the_gpu_machine_lacks_for_python_312():
