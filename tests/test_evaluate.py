@@ -353,6 +353,11 @@ def test_infer_matches_masks_made_from_a_folder_above_the_input(tmp_path):
                                   "--masks", str(stores), "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "out" / "flow" / "00000.flo").is_file()
+    # one pair of files: each matched to the stores by its path under their root
+    r = CliRunner().invoke(main, ["infer", "--checkpoint", str(ckpt), str(judo / "00000.png"),
+                                  str(judo / "00001.png"), "--masks", str(stores), "--out",
+                                  str(tmp_path / "one"), "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.output
     write_png(tmp_path / "elsewhere" / "a.png", np.zeros((64, 64, 3), np.uint8))
     write_png(tmp_path / "elsewhere" / "b.png", np.zeros((64, 64, 3), np.uint8))
     r = CliRunner().invoke(main, ["infer", "--checkpoint", str(ckpt), "--input", str(tmp_path / "elsewhere"),
