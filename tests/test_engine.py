@@ -643,3 +643,26 @@ def test_data_phases_switch_at_their_start_and_a_resumed_run_continues_each(tiny
     assert again["data"] == ck4["data"]
     for k, v in ck4["model"].items():
         torch.testing.assert_close(again["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_phased_stream_follows_the_iteration_and_never_goes_back_after_an_extension():
+    from unsamflow.trainer.engine.loop import BatchStream
+    from unsamflow.trainer.engine.phases import PhasedStream, phase_starts
+
+    def streams():  # two BatchStreams over 3-batch epochs, each batch naming its phase
+        return [BatchStream(lambda e, skip, n=name: [{"phase": n}] * (3 - skip), torch.device("cpu"))
+                for name in ("raw", "mv")]  # fmt: skip
+
+    it = {"n": 0}
+    switched: list[int] = []
+    s = PhasedStream(streams(), phase_starts([0.0, 0.5], 8), lambda: it["n"], switched.append)
+    seen = []
+    for n in range(8):
+        it["n"] = n
+        seen.append(s.next()["phase"])
+    assert seen == ["raw"] * 4 + ["mv"] * 4 and switched == [1]
+    assert s.state_dict()["phases"] == [{"epoch": 1, "position": 1}, {"epoch": 1, "position": 1}]
+    extended = PhasedStream(streams(), phase_starts([0.0, 0.5], 16), lambda: 6)
+    assert extended.next()["phase"] == "raw"  # iteration 6 of 16 is phase 0 by the new starts ...
+    extended.floor = 1
+    assert extended.next()["phase"] == "mv" and extended.state_dict()["phase"] == 1  # ... but 1 was reached

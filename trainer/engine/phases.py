@@ -28,9 +28,11 @@ class PhasedStream:
         self.iteration = iteration
         self.on_switch = on_switch
         self.phase: int | None = None
+        self.floor = 0  # a resumed run whose schedule was extended never goes back to an earlier phase
 
     def phase_at(self, iteration: int) -> int:
-        return max(i for i, start in enumerate(self.starts) if iteration >= start or i == 0)
+        reached = max(i for i, start in enumerate(self.starts) if iteration >= start or i == 0)
+        return max(reached, self.floor)
 
     def next(self) -> dict[str, Any]:
         k = self.phase_at(self.iteration())

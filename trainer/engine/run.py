@@ -402,6 +402,8 @@ def build_trainer(p: Prepared, with_hooks: bool = True) -> Trainer:
         streams = [phase_stream(s, st["epoch"], st["position"]) for s, st in zip(sets, states, strict=True)]
         stream = PhasedStream(streams, phase_starts([ph.start for ph in phases], cfg.optim.iterations),
                               iteration=lambda: start)  # the trainer's, once it exists (below)
+        if ck is not None and p.extension is not None:  # phases already reached stay, as stages do
+            stream.floor = ck["data"].get("phase", 0)
     floor = ck["stage"] if ck is not None and p.extension is not None else 0  # reached stages stay on
 
     def stage_in_force(it: int) -> tuple[int, Any]:
