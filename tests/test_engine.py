@@ -666,3 +666,50 @@ def test_phased_stream_follows_the_iteration_and_never_goes_back_after_an_extens
     assert extended.next()["phase"] == "raw"  # iteration 6 of 16 is phase 0 by the new starts ...
     extended.floor = 1
     assert extended.next()["phase"] == "mv" and extended.state_dict()["phase"] == 1  # ... but 1 was reached
+
+
+def _preempted_rank(rank: int, world: int, init: str, cfg_overrides: list[str], out: str) -> None:
+    """One rank of a 2-process gloo run; rank 1 alone gets SIGUSR1 after iteration 2."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from unsamflow.trainer.config import load_config
+    from unsamflow.trainer.engine import distributed
+    from unsamflow.trainer.engine import run as run_module
+    from unsamflow.trainer.engine.loop import HookBase
+    from unsamflow.trainer.engine.preemption import Preempted
+
+    build = run_module.build_trainer
+
+    class SignalRankOne(HookBase):
+        def after_step(self, trainer) -> None:
+            if rank == 1 and trainer.iteration == 2:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    def build_with_signal(p, with_hooks=True):
+        trainer = build(p, with_hooks)
+        trainer.hooks.insert(0, SignalRankOne())
+        return trainer
+
+    run_module.build_trainer = build_with_signal
+    p = run_module.prepare(load_config("cpu-demo", cfg_overrides), Path(out) / "run", init_method=init)
+    try:
+        run_module.train(p)
+        stopped = -1
+    except Preempted as stop:
+        stopped = stop.iteration
+    Path(out, f"rank{rank}.txt").write_text(str(stopped))
+    distributed.cleanup()
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_checkpoint(tiny_train_set, tmp_path):
+    """Under torch.distributed a signal that reaches one rank (rank 1 here) stops all of them after the
+    same step, with one checkpoint holding every rank's state (a lone rank would hang in the gather)."""
+    over = overrides(tiny_train_set, "optim.iterations=50", "optim.batch_size=4",
+                     "logging.checkpoint_every=0")  # fmt: skip
+    init = f"file://{tmp_path / 'rendezvous'}"
+    torch.multiprocessing.spawn(_preempted_rank, args=(2, init, over, str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]
+    from unsamflow.trainer.engine import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "ckpt_0000002.pt")
+    assert ck["iteration"] == 2 and ck["world_size"] == 2 and len(ck["other_ranks"]) == 1
