@@ -133,3 +133,21 @@ def test_wheel_set_is_what_the_gpu_machine_lacks_for_python_312():
     assert 0 < tree < gpu_wheels.BUDGET
     assert gpu_wheels.check_budget([], gpu_wheels.BUDGET)[0]
     assert not gpu_wheels.check_budget([SCRIPT], gpu_wheels.BUDGET)[0]
+
+
+def test_time_slots_keep_the_reserves_of_the_measurements_still_to_come():
+    from benchmarks.gpu_check import plan
+    from benchmarks.gpu_measures import MEASURES, RESERVE_S
+
+    names = list(MEASURES)
+    assert names.index("learning") < names.index("train_bf16_compile") == len(names) - 1
+    after = names[names.index("sam") + 1:]
+    # early: its own cap (1.5 x planned) while plenty is left; late: what is left less both reserves
+    assert plan("sam", False, 1000, after) == 1.5 * MEASURES["sam"][1]
+    assert plan("sam", False, 300, after) == 300 - RESERVE_S["learning"] - RESERVE_S["train_bf16_compile"]
+    # the learning run takes everything but the compile attempt's minute; the compile attempt, the rest
+    assert plan("learning", False, 400, ["train_bf16_compile"]) == 400 - RESERVE_S["train_bf16_compile"]
+    assert plan("train_bf16_compile", False, 50, []) == 50
+    assert plan("sam", False, 100, after) == 0  # nothing left: the driver skips it
+    # the smoke run: no reserves, a generous cap per measurement
+    assert plan("sam", True, 1000, after) == plan("learning", True, 1000, []) == 120
