@@ -151,7 +151,7 @@ def link_sequence(
     ref: np.ndarray | None = None  # image the estimates are in
     shape: tuple[int, int] | None = None
     next_id = 0
-    for t, (masks, image) in enumerate(frames):
+    for masks, image in frames:
         if masks is None:  # a bad frame: every live track misses it
             out.append(np.zeros(0, np.int64))
             misses = misses + 1
@@ -160,8 +160,10 @@ def link_sequence(
             ids, misses = ids[keep], misses[keep]
             continue
         if shape is not None and tuple(masks.shape) != shape:
-            raise BadInputError(f"frame {t} of the sequence is {masks.shape[0]}x{masks.shape[1]}, the one "
-                                f"before {shape[0]}x{shape[1]}: a sequence's frames must have one size")
+            # A size change within a sequence is a bad pair (the index records it): pixels do not
+            # correspond across it, so every live track ends there and new ones start.
+            est, ref = None, None
+            ids, misses = np.zeros(0, np.int64), np.zeros(0, np.int64)
         shape = tuple(masks.shape)
         rows = pixel_rows(masks)
         img = image if (flow is not None or carry is not None) else None

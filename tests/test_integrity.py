@@ -373,8 +373,10 @@ def test_damaged_stores_are_refused_by_run_and_exactly_verifys_shards_are_redone
     assert sorted(report.bad_shards) == [f"{SHARDS[0]}.h5", f"{SHARDS[1]}.h5"], report.lines
     assert f"shard {SHARDS[1]}.h5, frame 'b/000.png': cannot decode" in report.bad_shards[f"{SHARDS[1]}.h5"]
 
+    # --no-track: the track stage would (rightly) write tracks into the untracked sound store; what is
+    # checked here is that the repair re-segments exactly the damaged ones (tracks: tests/test_track.py).
     args = ["run", "--manifest", str(out / "manifest.json"), "--out", str(out), "--shards", "3", *GRID,
-            "--workers", "1", "--no-dashboard", "--pictures", "2", "--skip-bad", "--no-hash"]
+            "--workers", "1", "--no-dashboard", "--pictures", "2", "--skip-bad", "--no-hash", "--no-track"]
     res = cli(args)
     assert res.exit_code == 2, res.output
     assert f"error: shard {SHARDS[0]}.h5 is corrupt: its sha256" in res.output and "--repair" in res.output

@@ -77,6 +77,19 @@ def test_linker_gap(gap, same):
     assert bool(ids[2][0] == ids[0][0]) is same
 
 
+def test_a_size_change_in_a_sequence_ends_its_tracks_instead_of_failing():
+    """Frames of two sizes in one sequence are a bad pair (the index records it): no link across it."""
+    frames = _square_frames(4, speed=3)
+    small = np.zeros((40, 80), bool)
+    small[30:38, 40:48] = True
+    flow = np.zeros((40, 80, 2), np.float32)
+    ids = _link([frames[0], frames[1], (CropMasks.from_stack(small[None]), flow), frames[3]], TrackConfig(),
+                use_flow=True)  # fmt: skip
+    assert ids[1].tolist() == ids[0].tolist()
+    assert int(ids[2][0]) not in set(ids[1].tolist())  # a new track after the size change
+    assert set(ids[3].tolist()).isdisjoint(ids[1].tolist())  # and again after the change back
+
+
 @pytest.mark.parametrize(("gap", "same"), [(1, True), (0, False)])
 def test_linker_bad_frame_counts_as_a_miss(gap, same):
     """A bad frame (no masks, no image) is a frame every track misses: the estimates wait in the last good
