@@ -14,7 +14,9 @@ while both flows are consistent with their own frames (warp error 0.0011 vs ours
 0.02) and our pass driven by its maps reproduces its flow to 1e-3 px.
 Frame 1 uses T1 = M G and frame 2 T2 = M R G (G global, R relative, M the mirrors), so mirrors
 negate the flow through T2 like any other map.
-Frames are resampled by inverse mapping (bilinear), full_seg and noc nearest. The new flow at p is
+Frames are resampled by inverse mapping (bilinear), full_seg and noc nearest: the reference samples
+full_seg bilinearly and casts to long, which invents labels (label - 1) on ~9-18 % of pixels at region
+borders; that is a bug there, not followed here. The new flow at p is
 T2(x1 + flow(x1)) - p with x1 = T1^-1(p), flow sampled bilinearly at x1.
 
 A draw is kept only if the output frame maps inside the source frame (its four corners); ARFlow
