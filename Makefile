@@ -33,7 +33,7 @@ EVAL_ROOT  ?=
 EVAL_MASKS ?=
 OVERRIDES  ?=
 
-.PHONY: venv test demo lint bench scaling ablation masks train evaluate clean gpu-check gpu-wheels
+.PHONY: venv test demo lint bench scaling ablation learning masks train evaluate clean gpu-check gpu-wheels
 
 venv: $(LINKED)
 
@@ -108,6 +108,11 @@ scaling: $(STAMP)
 # The +aug/+hg/+mf ablation (~30 min on 2 CPU cores); UPDATE=1 writes benchmarks/results/
 ablation: $(STAMP)
 	UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.bench_ablation $(ABLATION_ARGS)
+
+# Does the trainer learn flow? Supervised ceiling, the unsupervised cpu-small recipe, real pairs, the parts
+# (<= 60 min on 2 CPU cores; LEARNING_ARGS='--parts ...' for a subset); UPDATE=1 writes benchmarks/results/
+learning: $(STAMP)
+	OMP_NUM_THREADS=1 UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.bench_learning $(LEARNING_ARGS)
 
 masks: $(STAMP)
 	@test -n "$(ROOT)" || (echo "usage: make masks DATASET=sintel ROOT=/path/to/dataset OUT=dir [CHECKPOINT=sam.pth] [SHARDS=8] [WORKERS=N] [ALLOW_PARTIAL=1] [SEG_OPTS='-o points_per_side=16 --model-type vit_b']"; exit 2)

@@ -713,3 +713,16 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_checkpoint(tiny_train
 
     ck = load_checkpoint(tmp_path / "run" / "checkpoints" / "ckpt_0000002.pt")
     assert ck["iteration"] == 2 and ck["world_size"] == 2 and len(ck["other_ranks"]) == 1
+
+
+def test_a_run_where_nearly_every_pixel_is_occluded_is_warned_of(tiny_train_set, tmp_path):
+    """Forward-backward occlusion on flows that are not consistent (here: He-normal init, ~100 px flows)
+    marks every pixel occluded; the loss then has nothing to train on and the run collapses: say so."""
+    r = cli(train_cmd(tiny_train_set, tmp_path / "fb", "optim.iterations=1", "logging.every=1",
+                      "model.init=kaiming", "loss.occlusion=fb", "stages.1.occ_method=fb",
+                      "stages.2.occ_method=fb"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    text = r.output + (r.stderr if r.stderr_bytes is not None else "")
+    assert "warning: at iteration 1 (stage " in text and "are marked occluded" in text, text
+    r = cli(train_cmd(tiny_train_set, tmp_path / "range", "optim.iterations=1", "logging.every=1"))
+    assert r.exit_code == 0 and "are marked occluded" not in r.output + (r.stderr or "")

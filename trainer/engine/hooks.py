@@ -7,6 +7,7 @@ the loss terms over ranks (collectives); only rank 0 writes files.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from unsamflow.trainer.engine.logging import RunLogger, step_pictures
 from unsamflow.trainer.engine.loop import HookBase, Trainer
 
 LATEST = "latest.pt"
+COLLAPSE_OCCLUDED = 0.9  # occluded share of the pixels above which the run is warned of a collapse
 
 
 def link_latest(path: Path) -> Path:
@@ -79,6 +81,7 @@ class LoggingHook(HookBase):
     def __init__(self, logger: RunLogger, every: int, image_every: int = 0):
         self.logger, self.every, self.image_every = logger, every, image_every
         self.last: dict[str, float] = {}
+        self.warned = False
 
     def before_train(self, trainer: Trainer) -> None:
         trainer.timer.sync = (trainer.iteration + 1) % self.every == 0
@@ -91,7 +94,20 @@ class LoggingHook(HookBase):
             terms = {k: float(v.detach()) for k, v in result.terms.items()}
             terms["total"] = float(result.loss.detach())
             terms = all_reduce_mean(terms)
-            self.last = terms
+            # The share of frame-1 pixels the photometric loss leaves out as occluded. Near 1 the loss has
+            # nothing left to train on: forward-backward occlusion on flows that are not yet consistent
+            # (a stage switched on too early for the run's length) marks everything occluded, the loss
+            # and its gradient go to 0 and the run collapses. Said once, loudly.
+            occluded = all_reduce_mean({"occ": float(result.occ1.float().mean())})["occ"]
+            self.logger.scalars(it, {"occluded_fraction": occluded})
+            if occluded > COLLAPSE_OCCLUDED and not self.warned:
+                self.warned = True
+                print(f"warning: at iteration {it} (stage {trainer.stage_index}) {occluded:.0%} of the "
+                      "pixels are marked occluded: the photometric loss has almost nothing to train on. With "
+                      "forward-backward occlusion this means the flows are not yet consistent (the stage "
+                      "started too early for this run's length): start it later or keep loss.occlusion=range",
+                      file=sys.stderr, flush=True)
+            self.last = {**terms, "occluded": occluded}
             self.logger.scalars(it, terms, "loss/")
             self.logger.scalars(it, {f"time/{k}": v for k, v in trainer.step_times.items()})
             lr = trainer.optimizer.param_groups[0]["lr"]
