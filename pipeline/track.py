@@ -146,10 +146,11 @@ def plan_tracks(store_dir: Path, manifest: Manifest, cfg: TrackConfig) -> TrackP
     for number, (name, frames) in enumerate(manifest.sequences().items()):
         job = SequenceJob(number, name, [(f.id, good.get(f.id)) for f in frames],
                           {holder[f.id] for f in frames})
-        todo = job.stores - done_set
-        if todo:
+        if job.stores - done_set:
             jobs.append(job)
-            for s in todo:
+            # every store of the sequence is rewritten: a relinked sequence (e.g. after one of its stores
+            # was re-segmented) may number its tracks differently, and its ids must agree across stores
+            for s in job.stores:
                 stores.setdefault(s, set()).add(number)
     for path in files:  # a store of only bad frames whose sequences were all listed above
         if str(path) not in done_set and str(path) not in stores:

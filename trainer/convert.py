@@ -146,8 +146,9 @@ def load_reference_model(
         raise BadInputError(f"checkpoint {path}: unexpected weights {', '.join(result.unexpected_keys[:6])}")
     if result.missing_keys and not allow_missing:
         names = sorted({k.rsplit(".", 2)[0] for k in result.missing_keys})
-        hint = " (ARFlow/SemARFlow have no learned upsampler: allow_missing / --allow-missing keeps ours " \
-               "at its initial weights)" if any(n.startswith("upsampler") for n in names) else ""
+        hint = (" (ARFlow/SemARFlow have no learned upsampler: convert it first with `python -m "
+                "unsamflow.trainer convert --from reference --allow-missing CKPT --out OUT.pt`, which keeps "
+                "ours at its initial weights)") if any(n.startswith("upsampler") for n in names) else ""
         raise BadInputError(f"checkpoint {path} lacks weights for {', '.join(names)}{hint}")
     return model.to(map_location).eval(), args
 

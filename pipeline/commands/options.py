@@ -187,11 +187,12 @@ def cluster_options(f):
         if tls_auto:
             if tls_ca or tls_cert or tls_key:
                 raise BadInputError("give either --tls-auto or --tls-ca/--tls-cert/--tls-key, not both")
-            if kwargs.get("out") is None:
+            home = kwargs.get("out") or kwargs.get("store_dir")  # run/segment: --out; track: --stores
+            if home is None:
                 raise BadInputError("--tls-auto needs --out (its certificates are made there)")
             from unsamflow.pipeline.tls import TLS_DIR, throwaway_tls
 
-            made = throwaway_tls(Path(kwargs["out"]) / TLS_DIR)
+            made = throwaway_tls(Path(home) / TLS_DIR)
             tls_ca, tls_cert, tls_key = (str(made[k]) for k in ("ca", "cert", "key"))
         cluster = ClusterConfig(
             scheduler=scheduler, workers=workers, threads_per_worker=threads_per_worker,

@@ -29,7 +29,8 @@ class StoreSegs:
             return None
         from unsamflow.pipeline.store.reader import MaskStore
 
-        root = MaskStore(self.store_dir / self.index.shards[0]["file"]).source.get("root")
+        with MaskStore(self.store_dir / self.index.shards[0]["file"]) as store:
+            root = store.source.get("root")
         return Path(root) if root else None
 
     def align_to(self, folder: str | Path, frame_ids: Iterable[str]) -> None:
