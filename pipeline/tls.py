@@ -66,19 +66,27 @@ def throwaway_tls(folder: str | Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     pem = serialization.Encoding.PEM
+    # The node certificate last: a set is reused only while its certificate is valid, so a run killed
+    # half-way through a renewal leaves an invalid (or no) certificate, never a new CA beside an old one.
+    _write(files["ca"], ca.public_bytes(pem))
     _write(files["key"], key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     _write(files["cert"], node.public_bytes(pem))
-    _write(files["ca"], ca.public_bytes(pem))
     return files
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Create `path` readable and writable by the user only, from the first byte on."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    """Replace `path` atomically by a file readable and writable by the user only from its first byte."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _valid(cert: Path) -> bool:
