@@ -13,11 +13,11 @@ Conventions:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.errors import BadInputError, from_dict_strict
 from unsamflow.pipeline.masks import CropMasks
 
 
@@ -53,11 +53,7 @@ class DeriveConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeriveConfig:
         """Missing keys take the defaults; unknown keys are an error (a typo must not pass silently)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadInputError(f"derive config: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return from_dict_strict(cls, data, "derive config")
 
 
 def full_segmentation(masks: np.ndarray | CropMasks, _ext: _Extents | None = None) -> np.ndarray:

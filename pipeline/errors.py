@@ -33,6 +33,18 @@ class StoreError(PipelineError):
     """A mask store is missing, corrupt, or inconsistent with its siblings."""
 
 
+def from_dict_strict(cls: type, data: dict, what: str):
+    """`cls(**data)` for a dataclass, refusing unknown keys by name (a typo must not pass silently);
+    missing keys take the defaults. `what` names the config in the error ("derive config")."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise BadInputError(f"{what}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    return cls(**data)
+
+
 def is_disk_full(exc: BaseException | None) -> bool:
     """Is `exc` (or what caused it) "no space left on device" (ENOSPC, or EDQUOT: over a quota)? Not a
     transient error: retrying a task that failed of it only fills the disk again."""

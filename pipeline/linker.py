@@ -19,13 +19,13 @@ then mask order).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment
-from unsamflow.pipeline.errors import BadInputError
+from unsamflow.pipeline.errors import BadInputError, from_dict_strict
 from unsamflow.pipeline.masks import CropMasks
 
 LINKERS = ("flow", "iou", "sam2")
@@ -67,11 +67,7 @@ class TrackConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrackConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadInputError(f"track config: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**data)
+        return from_dict_strict(cls, data, "track config")
 
 
 def pixel_rows(masks: CropMasks) -> sp.csr_matrix:
