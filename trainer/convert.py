@@ -125,11 +125,12 @@ def load_reference_model(
     map_location: str | torch.device = "cpu",
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(our PWCLite holding the reference checkpoint's weights, model_args). Errors name the file."""
+    from unsamflow.trainer.engine.checkpoint import read_torch_file
     from unsamflow.trainer.model import PWCLite
 
     path = Path(path)
     if state is None:
-        state = _load_plain(path, map_location)
+        state = read_torch_file(path, map_location)
     if not is_reference_checkpoint(state):
         raise BadInputError(
             f"checkpoint {path} is neither an unsamflow checkpoint nor a reference/ARFlow one (a dict with "
@@ -153,20 +154,14 @@ def load_reference_model(
     return model.to(map_location).eval(), args
 
 
-def reference_model_or_none(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]] | None:
-    """(our network, the assumed preset's config) when `path` is a reference/ARFlow checkpoint, else None.
+def reference_model(
+    path: str | Path, state: dict[str, Any], map_location: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(our network, the assumed preset's config) of a reference/ARFlow checkpoint `state` read from `path`.
 
     Prints one line saying that it was converted (and which preset's config is assumed)."""
     from unsamflow.trainer.config import config_to_dict, load_config
 
-    try:
-        state = _load_plain(Path(path), map_location)
-    except BadInputError:
-        return None
-    if not is_reference_checkpoint(state):
-        return None
     model, args = load_reference_model(path, state, map_location=map_location)
     preset = default_preset(args)
     print(reference_notice(path, args, preset), file=sys.stderr, flush=True)
@@ -175,28 +170,14 @@ def reference_model_or_none(
 
 def load_weights_any(path: str | Path) -> dict[str, torch.Tensor]:
     """Network weights, in our names, of an unsamflow or a reference/ARFlow checkpoint (model.init_from)."""
-    from unsamflow.trainer.engine.checkpoint import load_checkpoint
+    from unsamflow.trainer.engine.checkpoint import read_torch_file, unsamflow_state
 
-    try:
-        return dict(load_checkpoint(path)["model"])
-    except BadInputError:
-        state = _load_plain(Path(path), "cpu")
-        if not is_reference_checkpoint(state):
-            raise
-        print(f"note: {path} is a reference (UnSAMFlow/ARFlow) checkpoint: its weights were renamed to ours",
-              file=sys.stderr, flush=True)
-        return reference_state_dict_to_ours(state["state_dict"], source=f"checkpoint {path}")
-
-
-def _load_plain(path: Path, map_location: str | torch.device) -> Any:
-    if not path.is_file():
-        raise BadInputError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInputError(f"checkpoint {path} cannot be read as a safe (weights-only) torch file: "
-                            f"{first[:200]}") from exc  # fmt: skip
+    state = read_torch_file(path)
+    if not is_reference_checkpoint(state):
+        return dict(unsamflow_state(path, state)["model"])
+    print(f"note: {path} is a reference (UnSAMFlow/ARFlow) checkpoint: its weights were renamed to ours",
+          file=sys.stderr, flush=True)
+    return reference_state_dict_to_ours(state["state_dict"], source=f"checkpoint {path}")
 
 
 def reference_notice(path: str | Path, args: dict[str, Any], preset: str) -> str:
@@ -215,10 +196,10 @@ def to_unsamflow_checkpoint(src: str | Path, out: str | Path, preset: str | None
                             allow_missing: bool = False) -> Path:
     """A reference/ARFlow checkpoint as an unsamflow checkpoint (weights, model_args, the preset's config)."""
     from unsamflow.trainer.config import config_to_dict, load_config
-    from unsamflow.trainer.engine.checkpoint import save_checkpoint
+    from unsamflow.trainer.engine.checkpoint import read_torch_file, save_checkpoint
 
     src = Path(src)
-    state = _load_plain(src, "cpu")
+    state = read_torch_file(src)
     model, args = load_reference_model(src, state, allow_missing=allow_missing)
     preset = preset or default_preset(args)
     cfg = load_config(preset=preset)

@@ -142,11 +142,11 @@ def check_checksum(path: str | Path) -> None:
             f"was written ({recorded[:12]}..., {checksum_path(path).name}); use an earlier checkpoint")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (weights_only: no code runs while loading).
+def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """The contents of a torch file, checked against its checksum (weights_only: no code runs).
 
-    Raises BadInputError naming the file when it is missing, differs from its checksum, is not a torch
-    file, is foreign (no unsamflow format tag) or of another format version.
+    Raises BadInputError naming the file when it is missing, differs from its checksum or is not a
+    torch file. Any format: load_checkpoint checks that it is ours; trainer.convert reads the reference's.
     """
     path = Path(path)
     if not path.is_file():
@@ -154,12 +154,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise BadInputError(f"checkpoint {path} {what}")
     check_checksum(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for junk: UnpicklingError, RuntimeError, struct.error
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(
             f"checkpoint {path} cannot be read as a safe (weights-only) torch file: {first[:200]}"
         ) from exc
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (weights_only: no code runs while loading).
+
+    Raises BadInputError naming the file when it is missing, differs from its checksum, is not a torch
+    file, is foreign (no unsamflow format tag) or of another format version.
+    """
+    return unsamflow_state(path, read_torch_file(path, map_location))
+
+
+def unsamflow_state(path: str | Path, state: Any) -> dict[str, Any]:
+    """`state` (read from `path`) if it is an unsamflow checkpoint of this version; else BadInputError."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise BadInputError(f"checkpoint {path} is not an unsamflow checkpoint (no format={FORMAT!r} tag)")
     version = state.get("format_version")
@@ -178,17 +191,13 @@ def model_from_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The checkpoint's network in eval mode, and the resolved training config (a dict)."""
+    from unsamflow.trainer.convert import is_reference_checkpoint, reference_model
     from unsamflow.trainer.model import PWCLite
 
-    try:
-        state = load_checkpoint(path, map_location=map_location)
-    except BadInputError:
-        from unsamflow.trainer.convert import reference_model_or_none
-
-        found = reference_model_or_none(path, map_location)  # the reference's / ARFlow's format
-        if found is None:
-            raise
-        return found
+    raw = read_torch_file(path, map_location)
+    if is_reference_checkpoint(raw):  # the reference's / ARFlow's format: converted on load
+        return reference_model(path, raw, map_location)
+    state = unsamflow_state(path, raw)
     try:
         model = PWCLite(**state["model_args"])
         model.load_state_dict(state["model"])
