@@ -23,7 +23,6 @@ WORKERS    ?=
 ALLOW_PARTIAL ?=
 SEG_OPTS   ?=
 UPDATE     ?=
-ABLATION_ARGS ?=
 DEMO_OUT   ?= demo_out
 PRESET     ?=
 DATA       ?=
@@ -33,7 +32,7 @@ EVAL_ROOT  ?=
 EVAL_MASKS ?=
 OVERRIDES  ?=
 
-.PHONY: venv test demo lint bench scaling ablation learning masks train evaluate clean gpu-check gpu-wheels
+.PHONY: venv test demo lint bench scaling learning masks train evaluate clean gpu-check gpu-wheels
 
 venv: $(LINKED)
 
@@ -104,10 +103,6 @@ bench: $(STAMP)
 # workers, an external dask scheduler/workers, 20,000 frames; UPDATE=1 writes benchmarks/results/scaling.*
 scaling: $(STAMP)
 	UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.bench_scaling $(SCALING_ARGS)
-
-# The +aug/+hg/+mf ablation (~30 min on 2 CPU cores); UPDATE=1 writes benchmarks/results/
-ablation: $(STAMP)
-	UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.bench_ablation $(ABLATION_ARGS)
 
 # Does the trainer learn flow? Supervised ceiling, the unsupervised cpu-small recipe, real pairs, the parts
 # (<= 60 min on 2 CPU cores; LEARNING_ARGS='--parts ...' for a subset); UPDATE=1 writes benchmarks/results/

@@ -17,7 +17,9 @@ data and runs between calls). Parts, in order:
    ../shared/data), and a self-supervised adaptation run on the real Sintel frames themselves (their
    ground truth is never read in training: an unsupervised loss may train on the evaluation frames),
    scored before and after on those frames.
-6. ablation: base, +hg, +aug, +aug+hg+mf at the same budget, 3 seeds each.
+6. ablation: base, +hg, +aug, +aug+hg+mf, 3 seeds each, `--jobs` runs at a time (default 2: one per
+   core), at `--ablation-iterations` (default `--iterations`; the headline figures used fewer, see the
+   results), gated on step 4 having learned.
 
 Writes benchmarks/results/learning.{json,md} and learning.png (held-out EPE against iterations). The
 JSON's headline figures: unsup_heldout_epe_vs_zero, sup_heldout_epe_vs_zero, real_adapt_epe_vs_zero,
@@ -32,6 +34,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +148,7 @@ def train_supervised(work: Path, iterations: int, batch: int, seed: int, every: 
 
     pairs = [(chw(s["img1"]) / 255, chw(s["img2"]) / 255, chw(s["flow"]))
              for s in open_dataset("synthetic", work / "train")]  # fmt: skip
-    model = PWCLite()
+    model = PWCLite(normalize_corr_features=cfg.model.normalize_corr_features)  # no masks: no +mf
     opt, sched = build_optimizer(cfg, model)
     curve = []
     test = heldout(work)
@@ -318,6 +321,7 @@ def main() -> None:
     ap.add_argument("--ablation-iterations", type=int, default=None, help="default: --iterations")
     ap.add_argument("--seeds", default="0,1,2", help="ablation seeds")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=2, help="ablation runs trained at once (one core each)")
     ap.add_argument("--sup-iterations", type=int, default=None,
                     help="supervised run length (default --iterations; it is cheaper per step)")
     ap.add_argument("--child-supervised", action="store_true", help=argparse.SUPPRESS)
@@ -402,17 +406,26 @@ def main() -> None:
         its = args.ablation_iterations or args.iterations
         seeds = [int(s) for s in args.seeds.split(",")]
         def ablation():
-            table: dict[str, list[dict[str, Any]]] = {}
+            runs: list[tuple[str, int, Path]] = []
+            todo = []
             for name, (aug, hg, mf) in VARIANTS.items():
                 for seed in seeds:
                     if name == "+aug+hg+mf" and seed == 0 and its == args.iterations and main_run.is_dir():
                         d = main_run  # the full recipe at seed 0 is the unsupervised run above
                     else:
                         d = work / "runs" / f"ablation_{name.replace('+', 'p')}_seed{seed}"
-                        train_unsupervised(work, d, its, seed, its, variant_overrides(aug, hg, mf), log)
-                    final = score_checkpoint(checkpoints(d)[-1][1], work)
-                    table.setdefault(name, []).append({"seed": seed, **final})
-                    print(f"ablation {name} seed {seed}: {table[name][-1]['epe']:.3f}", flush=True)
+                        todo.append((d, seed, variant_overrides(aug, hg, mf)))
+                    runs.append((name, seed, d))
+            # One training process per core (each one math thread); each run logs to its own file.
+            with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+                for f in [pool.submit(train_unsupervised, work, d, its, seed, its, extra,
+                                      work / f"commands_{d.name}.log") for d, seed, extra in todo]:
+                    f.result()
+            table: dict[str, list[dict[str, Any]]] = {}
+            for name, seed, d in runs:
+                final = score_checkpoint(checkpoints(d)[-1][1], work)
+                table.setdefault(name, []).append({"seed": seed, "iterations": its, **final})
+                print(f"ablation {name} seed {seed}: {table[name][-1]['epe']:.3f}", flush=True)
             return table
         res["ablation"] = timed("ablation", ablation)
     timings["total_this_call"] = round((time.time() - t0) / 60, 2)

@@ -1,8 +1,8 @@
 """`make bench`: run every benchmarks/bench_*.py (or those named on the command line).
 
-The long studies run only when named, e.g. `python -m benchmarks.run_all bench_ablation`: the ablation
-(~30 min of training on 2 cores, `make ablation`) and the cluster-scale simulation (~15 min,
-`make scaling`).
+The long studies run only when named, e.g. `python -m benchmarks.run_all bench_learning`: the learning
+evidence and the +aug/+hg/+mf ablation (up to an hour of training on 2 cores, `make learning`) and the
+cluster-scale simulation (~15 min, `make scaling`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-LONG = {"bench_ablation", "bench_scaling"}  # many minutes each: only when asked for by name
+LONG = {"bench_learning", "bench_scaling"}  # many minutes each: only when asked for by name
 
 
 def main(argv: list[str]) -> None:

@@ -198,3 +198,40 @@ def test_bad_inputs_name_what_is_wrong(models):
         region_max(torch.zeros(1, 4, 3, 3), torch.zeros(1, 3, 4, dtype=torch.long))
     with pytest.raises(BadInputError, match="num_levels"):
         PWCLite(num_levels=7)
+
+
+def test_normalized_cost_features_are_centred_unit_and_find_a_shift_an_untrained_pyramid_misses(shared_data):
+    """model.normalize_corr_features: per pair, channel means over both frames removed, each pixel vector at
+    unit RMS; on a real frame shifted by (8, 4) px the untrained pyramid's 1/4-level cost volume then peaks
+    at the shift for most pixels, where the raw one (the reference's) is near chance (1/81)."""
+    from unsamflow.trainer.model.correlation import correlation
+    from unsamflow.trainer.model.pwclite import normalize_for_costs
+
+    feats = torch.randn(4, 8, 5, 6) * 3 + torch.arange(8.0)[None, :, None, None]
+    out = normalize_for_costs(feats)
+    torch.testing.assert_close(out.pow(2).mean(1), torch.ones(4, 5, 6), atol=1e-4, rtol=0)
+    offset = torch.randn(2, 8, 1, 1) * 10  # one per pair and channel, shared by both frames: says nothing
+    shifted = normalize_for_costs(feats + torch.cat((offset, offset)))
+    torch.testing.assert_close(shifted, out, atol=1e-4, rtol=0)
+    mean = 0.5 * (feats[:2].mean((2, 3), keepdim=True) + feats[2:].mean((2, 3), keepdim=True))
+    centred = feats - torch.cat((mean, mean))
+    torch.testing.assert_close(out * centred.pow(2).mean(1, keepdim=True).sqrt(), centred, atol=1e-4, rtol=0)
+
+    rgb, _ = read_rgb(shared_data / "sintel/training/final/alley_1/frame_0002.png")
+    img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255
+    dx, dy = 8, 4
+    img1, img2 = img[..., 64:192, 64:320], img[..., 64 - dy : 192 - dy, 64 - dx : 320 - dx]
+    torch.manual_seed(0)
+    model = PWCLite()
+    with torch.no_grad():
+        f = model.pyramid(torch.cat((img1, img2)))[4]  # 1/4 level: the shift is (2, 1) there
+        hits = {}
+        for name, g in (("raw", f), ("normalized", normalize_for_costs(f))):
+            best = correlation(g[:1], g[1:], 4, 16)[0].argmax(0)
+            hits[name] = float(((best // 9 - 4 == dy // 4) & (best % 9 - 4 == dx // 4)).float().mean())
+        plain, normed = model(img1, img2, with_bw=False), None
+        model.normalize_corr_features = True
+        normed = model(img1, img2, with_bw=False)
+    assert hits["normalized"] > 0.3 and hits["raw"] < 0.1, hits
+    assert not torch.allclose(plain["flows_fw"][0], normed["flows_fw"][0])
+    assert PWCLite(normalize_corr_features=True).state_dict().keys() == model.state_dict().keys()

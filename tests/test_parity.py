@@ -269,6 +269,26 @@ def test_convert_both_ways_keeps_every_weight(tmp_path):
     assert r.exit_code == 2 and "--from reference or --to reference" in r.output
 
 
+def test_normalized_cost_features_do_not_cross_to_or_from_the_reference(tmp_path):
+    """The option adds no weights, so a silent conversion would give other flows: both ways refused."""
+    from click.testing import CliRunner
+    from unsamflow.trainer.cli import main
+    from unsamflow.trainer.engine.checkpoint import save_checkpoint
+
+    _reference_checkpoint(tmp_path / "ref.pth.tar", mask_features=True)
+    r = CliRunner().invoke(main, ["convert", "--from", "reference", str(tmp_path / "ref.pth.tar"),
+                                  "--preset", "cpu-small", "--out", str(tmp_path / "x.pt")])  # fmt: skip
+    assert r.exit_code == 2 and "normalize_corr_features" in r.output and "cpu-small" in r.output
+    assert not (tmp_path / "x.pt").exists()
+    model = PWCLite(normalize_corr_features=True)
+    ours = save_checkpoint(tmp_path / "ours.pt", {"config": {}, "model": model.state_dict(),
+                                                  "model_args": {"normalize_corr_features": True}})
+    back = tmp_path / "y.pth"
+    r = CliRunner().invoke(main, ["convert", "--to", "reference", str(ours), "--out", str(back)])
+    assert r.exit_code == 2 and "normalize_corr_features" in r.output and str(ours) in r.output
+    assert not back.exists()
+
+
 def test_evaluate_and_infer_take_a_reference_checkpoint(tmp_path, shipped_data):
     from click.testing import CliRunner
     from unsamflow.trainer.cli import main

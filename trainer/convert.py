@@ -208,6 +208,11 @@ def to_unsamflow_checkpoint(src: str | Path, out: str | Path, preset: str | None
             f"--preset {preset} has model.mask_features={cfg.model.mask_features} but {src} "
             f"{'has' if args['mask_features'] else 'lacks'} the mask feature module's weights"
         )
+    if cfg.model.normalize_corr_features:
+        raise BadInputError(
+            f"--preset {preset} has model.normalize_corr_features=true, which the reference's network (so "
+            f"{src}) does not have; choose a preset without it (e.g. {default_preset(args)})"
+        )
     meta = {k: state[k] for k in ("epoch", "iter", "best_error") if isinstance(state.get(k), (int, float))}
     return save_checkpoint(out, {
         "config": config_to_dict(cfg), "model_args": args, "model": model.state_dict(),
@@ -222,6 +227,11 @@ def to_reference_checkpoint(src: str | Path, out: str | Path) -> Path:
     from unsamflow.trainer.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(src)
+    if (state.get("model_args") or {}).get("normalize_corr_features"):
+        raise BadInputError(
+            f"{src}: trained with model.normalize_corr_features=true, which the reference's network does not "
+            "have: its weights would load there but give other flows"
+        )
     sd = our_state_dict_to_reference(state["model"])
     it = int(state.get("iteration", 0) or 0)
     ref = {"epoch": 0, "iter": it, "state_dict": sd, "optimizer_dict": {}, "scheduler_dict": {},

@@ -106,6 +106,10 @@ class ModelConfig(Section):
     # "pytorch": PyTorch's default initialisation, what the reference effectively trains from (see PWCLite);
     # "kaiming": ARFlow's He-normal weights (untrained flows ~20x larger).
     init: Literal["pytorch", "kaiming"] = "pytorch"
+    # Centre and unit-scale the features entering each cost volume (UFlow's feature normalisation; see
+    # PWCLite). Off in the reference and its presets; on in cpu-small, where the reference's raw cost volume
+    # keeps an untrained network at zero flow's level for longer than a CPU run lasts.
+    normalize_corr_features: bool = False
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,8 @@ def seed_everything(seed: int, rank: int) -> None:
 
 def model_args(cfg: Any) -> dict[str, Any]:
     m = cfg.model
-    return {"mask_features": m.mask_features, "search_range": m.search_range, "num_levels": m.num_levels}
+    return {"mask_features": m.mask_features, "search_range": m.search_range, "num_levels": m.num_levels,
+            "normalize_corr_features": m.normalize_corr_features}
 
 
 def build_train_set(cfg: Any, spec: str | None = None):

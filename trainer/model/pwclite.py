@@ -38,6 +38,12 @@ class PWCLite(nn.Module):
             trains from (its init_weights() iterates named_modules() tuples and changes nothing); its
             untrained flows are a few px. "kaiming" is ARFlow's intended He-normal weights with zero biases
             (untrained flows of ~100 px and more), kept to reproduce ARFlow-style runs.
+        normalize_corr_features: centre and scale the features that enter each cost volume (see
+            ``normalize_for_costs``), as UFlow does (Jonschkowski et al. 2020). Off in the reference. Why it
+            exists: the reference's raw dot products are dominated by feature magnitude, so an untrained
+            network's cost volume does not point at the motion and learning waits for the pyramid to
+            become discriminative (a long plateau on a CPU budget; measured in benchmarks/bench_learning.py).
+            Adds no weights: the same state dict loads either way, but the flows differ.
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class PWCLite(nn.Module):
         num_levels: int = 5,
         corr_tile: int = 16,
         init: str = "pytorch",
+        normalize_corr_features: bool = False,
     ):
         super().__init__()
         if not 1 <= num_levels <= len(PYRAMID_CHANNELS) - 1:
@@ -55,6 +62,7 @@ class PWCLite(nn.Module):
             )
         self.search_range = search_range
         self.num_levels = num_levels
+        self.normalize_corr_features = normalize_corr_features
         self.corr_tile = corr_tile
         self.pyramid = FeaturePyramid(PYRAMID_CHANNELS)
         level_channels = list(PYRAMID_CHANNELS[::-1][:num_levels])  # 192, 128, 96, 64, 32
@@ -111,17 +119,19 @@ class PWCLite(nn.Module):
         r, tile = self.search_range, self.corr_tile
         out: list[torch.Tensor] = []
         flow = None
+        costs_of = normalize_for_costs if self.normalize_corr_features else _identity
         for level in range(self.num_levels):
-            x1, x2 = pair(feats[level])
+            x1 = pair(feats[level])[0]
+            c1, c2 = pair(costs_of(feats[level]))
             if flow is None:
                 flow = x1.new_zeros(x1.shape[0], 2, *x1.shape[-2:])
                 warp = _identity
             else:
                 flow = 2.0 * F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=True)
                 warp = _warper(flow)
-            costs = [F.leaky_relu(correlation(x1, warp(x2), r, tile), 0.1)]
+            costs = [F.leaky_relu(correlation(c1, warp(c2), r, tile), 0.1)]
             if self.mask_features is not None:
-                m1, m2 = pair(self.mask_features(feats[level], labels, level))
+                m1, m2 = pair(costs_of(self.mask_features(feats[level], labels, level)))
                 costs.append(F.leaky_relu(correlation(m1, warp(m2), r, tile), 0.1))
             feat, residual = self.estimator(torch.cat((*costs, self.conv_1x1[level](x1), flow), 1))
             flow = flow + residual
@@ -167,3 +177,17 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 def _warper(flow: torch.Tensor):
     # Border padding, as the reference's decoder warps (its flow_warp default); the losses warp with zeros.
     return lambda x: flow_warp(x, flow, padding_mode="border")
+
+
+def normalize_for_costs(feats: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Features (2B, C, h, w), frames 1 then 2, made ready for a cost volume that compares directions.
+
+    Each pair's per-channel mean over both frames' pixels is subtracted (what every pixel shares says
+    nothing about where it moved), then each pixel vector is scaled to unit RMS, so the correlation's
+    channel mean is the cosine of the centred features. UFlow centres and scales by one global std; the
+    per-pixel scale is what made an untrained pyramid's cost volume usable in our measurements.
+    """
+    b = feats.shape[0] // 2
+    mean = 0.5 * (feats[:b].mean((2, 3), keepdim=True) + feats[b:].mean((2, 3), keepdim=True))
+    centred = feats - torch.cat((mean, mean))
+    return centred / (centred.pow(2).mean(1, keepdim=True).sqrt() + eps)
