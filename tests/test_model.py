@@ -216,6 +216,10 @@ def test_normalized_cost_features_are_centred_unit_and_find_a_shift_an_untrained
     mean = 0.5 * (feats[:2].mean((2, 3), keepdim=True) + feats[2:].mean((2, 3), keepdim=True))
     centred = feats - torch.cat((mean, mean))
     torch.testing.assert_close(out * centred.pow(2).mean(1, keepdim=True).sqrt(), centred, atol=1e-4, rtol=0)
+    flat = torch.ones(2, 4, 3, 3, requires_grad=True)  # equal, flat frames: every centred vector is 0
+    normalize_for_costs(flat).sum().backward()
+    assert torch.isfinite(flat.grad).all()  # (a sqrt of the mean square gave NaN here: seen on a GPU)
+    assert normalize_for_costs(feats.half()).dtype == torch.float32  # fp16 squares overflow
 
     rgb, _ = read_rgb(shared_data / "sintel/training/final/alley_1/frame_0002.png")
     img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255

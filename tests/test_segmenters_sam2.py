@@ -222,3 +222,13 @@ def test_sam2_linker_without_a_checkpoint_is_one_line(tmp_path):
 
     with pytest.raises(BadInputError, match="--linker sam2 needs its checkpoint: -f checkpoint=PATH"):
         make_carry(TrackConfig(linker="sam2"))
+
+
+def test_checkpoint_shapes_are_read_where_cuda_is_available(monkeypatch):
+    """SAM 2's RoPE attention moves its table with .to("cuda") when CUDA is available; building the model
+    on the meta device for its shapes must not try to copy that table (an H200 failed exactly there)."""
+    from unsamflow.pipeline.segmenters import sam2 as sam2_backend
+
+    want = sam2_backend._expected_shapes.__wrapped__("sam2 smoke")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert sam2_backend._expected_shapes.__wrapped__("sam2 smoke") == want

@@ -116,12 +116,19 @@ def mismatch(
 
 class _ScalarsOnCpu(TorchFunctionMode):
     """Hiera and TinyViT compute drop-path rates with torch.linspace(...).item(), which a meta tensor
-    cannot answer: keep that one call on the CPU while the rest of a model is built on the meta device."""
+    cannot answer: keep that one call on the CPU while the rest of a model is built on the meta device.
+    SAM 2 puts tensors on "cuda" whenever CUDA is available (its RoPE table by .to("cuda"), which a meta
+    tensor cannot do: seen on an H200; position encodings with device="cuda"): for shapes, those stay on
+    the meta device too, so the shapes read the same with and without a GPU."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = dict(kwargs or {})
         if func is torch.linspace:
             kwargs["device"] = "cpu"
+        elif kwargs.get("device") is not None and torch.device(kwargs["device"]).type == "cuda":
+            kwargs["device"] = "meta"
+        if func in (torch.Tensor.to, torch.Tensor.cuda) and args and getattr(args[0], "is_meta", False):
+            return args[0]
         return func(*args, **kwargs)
 
 

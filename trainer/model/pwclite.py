@@ -179,7 +179,7 @@ def _warper(flow: torch.Tensor):
     return lambda x: flow_warp(x, flow, padding_mode="border")
 
 
-def normalize_for_costs(feats: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def normalize_for_costs(feats: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Features (2B, C, h, w), frames 1 then 2, made ready for a cost volume that compares directions.
 
     Each pair's per-channel mean over both frames' pixels is subtracted (what every pixel shares says
@@ -187,7 +187,10 @@ def normalize_for_costs(feats: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     channel mean is the cosine of the centred features. UFlow centres and scales by one global std; the
     per-pixel scale is what made an untrained pyramid's cost volume usable in our measurements.
     """
-    b = feats.shape[0] // 2
-    mean = 0.5 * (feats[:b].mean((2, 3), keepdim=True) + feats[b:].mean((2, 3), keepdim=True))
-    centred = feats - torch.cat((mean, mean))
-    return centred / (centred.pow(2).mean(1, keepdim=True).sqrt() + eps)
+    # float32 under autocast (squares of fp16 features overflow); eps on the mean square keeps the gradient
+    # finite where a pixel's centred vector is exactly 0 (a sqrt there has an infinite derivative)
+    x = feats.float()
+    b = x.shape[0] // 2
+    mean = 0.5 * (x[:b].mean((2, 3), keepdim=True) + x[b:].mean((2, 3), keepdim=True))
+    centred = x - torch.cat((mean, mean))
+    return centred * torch.rsqrt(centred.pow(2).mean(1, keepdim=True) + eps)
