@@ -32,7 +32,7 @@ EVAL_ROOT  ?=
 EVAL_MASKS ?=
 OVERRIDES  ?=
 
-.PHONY: venv test demo lint bench scaling learning masks train evaluate clean gpu-check gpu-wheels
+.PHONY: venv test demo lint bench scaling learning ablation masks train evaluate clean gpu-check gpu-wheels
 
 venv: $(LINKED)
 
@@ -104,10 +104,16 @@ bench: $(STAMP)
 scaling: $(STAMP)
 	UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.bench_scaling $(SCALING_ARGS)
 
-# Does the trainer learn flow? Supervised ceiling, the unsupervised cpu-small recipe, real pairs, the parts
-# (<= 60 min on 2 CPU cores; LEARNING_ARGS='--parts ...' for a subset); UPDATE=1 writes benchmarks/results/
+# Does the trainer learn flow? Supervised ceiling, the unsupervised cpu-small recipe, real pairs
+# (~40 min on 2 CPU cores; LEARNING_ARGS='--parts ...' for a subset); UPDATE=1 writes benchmarks/results/
 learning: $(STAMP)
 	OMP_NUM_THREADS=1 UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.bench_learning $(LEARNING_ARGS)
+
+# The parts (base / +hg / +aug / +aug+hg+mf, 3 seeds, 300 iterations each, 2 at a time: ~65 min on 2 CPU
+# cores), after `make learning` (same --work folder; it runs only once the unsupervised run has learned)
+ablation: $(STAMP)
+	OMP_NUM_THREADS=1 UNSAMFLOW_BENCH_UPDATE=$(UPDATE) $(BIN)/python -m benchmarks.bench_learning --parts ablation \
+		$(ABLATION_ARGS)
 
 masks: $(STAMP)
 	@test -n "$(ROOT)" || (echo "usage: make masks DATASET=sintel ROOT=/path/to/dataset OUT=dir [CHECKPOINT=sam.pth] [SHARDS=8] [WORKERS=N] [ALLOW_PARTIAL=1] [SEG_OPTS='-o points_per_side=16 --model-type vit_b']"; exit 2)

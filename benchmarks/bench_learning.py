@@ -17,9 +17,9 @@ data and runs between calls). Parts, in order:
    ../shared/data), and a self-supervised adaptation run on the real Sintel frames themselves (their
    ground truth is never read in training: an unsupervised loss may train on the evaluation frames),
    scored before and after on those frames.
-6. ablation: base, +hg, +aug, +aug+hg+mf, 3 seeds each, `--jobs` runs at a time (default 2: one per
-   core), at `--ablation-iterations` (default `--iterations`; the headline figures used fewer, see the
-   results), gated on step 4 having learned.
+6. ablation (`make ablation`, `--parts ablation`; not in the default parts, it needs another hour):
+   base, +hg, +aug, +aug+hg+mf, 3 seeds each, `--ablation-iterations` each (default 300), `--jobs` runs
+   at a time (default 2: one per core), gated on step 4 having learned.
 
 Writes benchmarks/results/learning.{json,md} and learning.png (held-out EPE against iterations). The
 JSON's headline figures: unsup_heldout_epe_vs_zero, sup_heldout_epe_vs_zero, real_adapt_epe_vs_zero,
@@ -50,6 +50,8 @@ SHARED = Path(os.environ.get("UNSAMFLOW_SHARED_DATA", REPO.parent / "shared" / "
 SIZE = (192, 256)
 PRESET = "cpu-small"
 PARTS = ("data", "baselines", "supervised", "unsupervised", "real", "ablation")
+# `make learning` (<= 60 min on 2 cores): everything but the ablation, which is `make ablation` (~65 min more).
+DEFAULT_PARTS = PARTS[:-1]
 # The parts each ablation variant keeps: (key-object augmentation, homography loss, mask features).
 VARIANTS: dict[str, tuple[bool, bool, bool]] = {
     "base": (False, False, False),
@@ -314,11 +316,13 @@ def main() -> None:
     default_work = Path(os.environ.get("TMPDIR", "/tmp")) / "unsamflow-learning"
     ap.add_argument("--work", type=Path, default=default_work,
                     help="data, stores and runs (kept: a second call reuses what is complete)")
-    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    ap.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                    help=f"comma-separated subset of {','.join(PARTS)} (default: all but ablation)")
     ap.add_argument("--iterations", type=int, default=800, help="per training run (supervised, unsupervised)")
     ap.add_argument("--every", type=int, default=100, help="checkpoint / held-out evaluation interval")
     ap.add_argument("--adapt-iterations", type=int, default=100)
-    ap.add_argument("--ablation-iterations", type=int, default=None, help="default: --iterations")
+    ap.add_argument("--ablation-iterations", type=int, default=300,
+                    help="per ablation run (12 runs; 300 at ~10 min each on one core)")
     ap.add_argument("--seeds", default="0,1,2", help="ablation seeds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2, help="ablation runs trained at once (one core each)")
@@ -403,7 +407,7 @@ def main() -> None:
             "noise (--force-ablation runs it anyway)")}
         print(f"ablation skipped: {res['ablation']['skipped']}", flush=True)
     elif "ablation" in parts:
-        its = args.ablation_iterations or args.iterations
+        its = args.ablation_iterations
         seeds = [int(s) for s in args.seeds.split(",")]
         def ablation():
             runs: list[tuple[str, int, Path]] = []
@@ -429,6 +433,8 @@ def main() -> None:
             return table
         res["ablation"] = timed("ablation", ablation)
     timings["total_this_call"] = round((time.time() - t0) / 60, 2)
+    if "unsupervised" in parts:  # the headline wall time: `make learning`'s call, not a later --parts call
+        timings["learning_call"] = timings["total_this_call"]
     report(res, work)
 
 
@@ -453,6 +459,11 @@ def report(res: dict[str, Any], work: Path) -> None:
                          "vs_zero": last["epe"] / zero})  # fmt: skip
             short = "sup" if key == "supervised" else "unsup"
             summary[f"{short}_heldout_epe_vs_zero"] = round(last["epe"] / zero, 4)
+    raw = res.get("reference_costs_same_budget")  # model.normalize_corr_features=false, an earlier call
+    if raw and zero:
+        for key, label in (("supervised", "supervised"), ("unsupervised", "unsupervised")):
+            rows.append({"what": f"{label}, reference's raw cost volume, {raw[key + '_iteration']} it",
+                         "epe": raw[key], "vs_zero": raw[key] / zero})
     adapt = res.get("real", {}).get("adaptation", {})
     if adapt:
         ratios = [v["after_epe"] / v["zero_epe"] for v in adapt.values()]
@@ -477,7 +488,10 @@ def report(res: dict[str, Any], work: Path) -> None:
                          "epe_occ": float(np.mean([r["epe_occ"] for r in runs])),
                          "vs_zero": e.mean() / zero if zero else None})
     # the wall time of the call (the supervised run goes on beside the unsupervised one: parts overlap)
-    summary["wall_minutes"] = res.get("minutes", {}).get("total_this_call")
+    minutes = res.get("minutes", {})
+    summary["wall_minutes"] = minutes.get("learning_call", minutes.get("total_this_call"))
+    if "ablation" in minutes:
+        summary["ablation_wall_minutes"] = minutes["ablation"]
     notes = (f"Held-out synthetic pairs ({SIZE[0]}x{SIZE[1]}); EPE in px; load average at start "
              f"{res.get('load_avg_at_start', ['?'])[0]}. See learning.png and the JSON for curves, real "
              "pairs and the ablation.")
