@@ -50,7 +50,7 @@ SHARED = Path(os.environ.get("UNSAMFLOW_SHARED_DATA", REPO.parent / "shared" / "
 SIZE = (192, 256)
 PRESET = "cpu-small"
 PARTS = ("data", "baselines", "supervised", "unsupervised", "real", "ablation")
-# `make learning` (<= 60 min on 2 cores): everything but the ablation, which is `make ablation` (~65 min more).
+# `make learning` (<= 60 min on 2 cores): all but the ablation, which is `make ablation` (~65 min more).
 DEFAULT_PARTS = PARTS[:-1]
 # The parts each ablation variant keeps: (key-object augmentation, homography loss, mask features).
 VARIANTS: dict[str, tuple[bool, bool, bool]] = {
