@@ -226,9 +226,11 @@ def test_two_gloo_processes_hold_identical_weights_and_evaluate_like_one(tiny_tr
     assert r0["metrics"] == r1["metrics"]
     # one process over all pairs gives the same metrics as the two ranks' all-reduced halves
     from unsamflow.pipeline.flow import open_dataset
+    from unsamflow.trainer.config import load_config
+    from unsamflow.trainer.engine.run import model_args
     from unsamflow.trainer.evaluation.segs import open_segs
 
-    model = PWCLite(mask_features=True)
+    model = PWCLite(**model_args(load_config("cpu-demo", over)))  # the network the ranks trained
     model.load_state_dict(r0["params"])
     dataset = open_dataset("synthetic", tiny_train_set.root, gt_only=True)
     one = evaluate(NetworkPredictor(model), dataset, "synthetic", segs=open_segs(tiny_train_set.stores))
