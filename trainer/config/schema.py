@@ -107,7 +107,7 @@ class ModelConfig(Section):
     # "kaiming": ARFlow's He-normal weights (untrained flows ~20x larger).
     init: Literal["pytorch", "kaiming"] = "pytorch"
     # Centre and unit-scale the features entering each cost volume (UFlow's feature normalisation; see
-    # PWCLite). Off in the reference and its presets; on in cpu-small, where the reference's raw cost volume
+    # PWCLite). Off in the reference and its presets; on in cpu-small and cpu-demo, where the raw cost volume
     # keeps an untrained network at zero flow's level for longer than a CPU run lasts.
     normalize_corr_features: bool = False
 
