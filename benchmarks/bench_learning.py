@@ -349,9 +349,13 @@ def main() -> None:
     prev = RESULTS / "learning.json"
     doc: dict[str, Any] = json.loads(prev.read_text()) if prev.is_file() else {}
     res: dict[str, Any] = doc.get("results", {})
-    res["load_avg_at_start"] = list(load)
-    res["config"] = {"size": list(SIZE), "iterations": args.iterations, "every": args.every, "preset": PRESET,
-                     "batch": 2, "adapt_iterations": args.adapt_iterations, "seeds": args.seeds}  # fmt: skip
+    if "unsupervised" in parts or "config" not in res:  # the headline call's settings stay with its figures
+        res["load_avg_at_start"] = list(load)
+        res["config"] = {"size": list(SIZE), "iterations": args.iterations, "every": args.every,
+                         "preset": PRESET, "batch": 2, "adapt_iterations": args.adapt_iterations}
+    if "ablation" in parts:
+        res["ablation_config"] = {"iterations": args.ablation_iterations, "seeds": args.seeds,
+                                  "jobs": args.jobs, "load_avg_at_start": list(load)}
     timings = res.setdefault("minutes", {})
 
     def timed(name: str, fn):
@@ -480,13 +484,23 @@ def report(res: dict[str, Any], work: Path) -> None:
                      "epe": v["after_epe"], "vs_zero": v["after_epe"] / v["zero_epe"]})
     ablation = res.get("ablation", {})
     if isinstance(ablation, dict) and "skipped" not in ablation:
+        stats = {}
         for name, runs in ablation.items():
             e = np.array([r["epe"] for r in runs])
-            rows.append({"what": f"ablation {name} ({len(e)} seeds)",
-                         "epe": f"{e.mean():.3f} ± {e.std():.3f}",
+            sd = float(e.std(ddof=1)) if len(e) > 1 else float("nan")  # sample std over seeds
+            stats[name] = (float(e.mean()), sd)
+            its = runs[0].get("iterations", "?")
+            rows.append({"what": f"ablation {name}, {its} it ({len(e)} seeds: mean ± sample std)",
+                         "epe": f"{e.mean():.3f} ± {sd:.3f}",
                          "epe_non_occ": float(np.mean([r["epe_non_occ"] for r in runs])),
                          "epe_occ": float(np.mean([r["epe_occ"] for r in runs])),
                          "vs_zero": e.mean() / zero if zero else None})
+        if "base" in stats:  # plain rule: a difference counts when it is larger than both seed spreads
+            mb, sb = stats["base"]
+            summary["ablation_vs_base"] = {
+                name: {"diff": round(m - mb, 4), "larger_std": round(max(sd, sb), 4),
+                       "exceeds_seed_spread": bool(abs(m - mb) > max(sd, sb))}
+                for name, (m, sd) in stats.items() if name != "base"}
     # the wall time of the call (the supervised run goes on beside the unsupervised one: parts overlap)
     minutes = res.get("minutes", {})
     summary["wall_minutes"] = minutes.get("learning_call", minutes.get("total_this_call"))
