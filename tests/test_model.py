@@ -233,7 +233,7 @@ def test_normalized_cost_features_are_centred_unit_and_find_a_shift_an_untrained
         for name, g in (("raw", f), ("normalized", normalize_for_costs(f))):
             best = correlation(g[:1], g[1:], 4, 16)[0].argmax(0)
             hits[name] = float(((best // 9 - 4 == dy // 4) & (best % 9 - 4 == dx // 4)).float().mean())
-        plain, normed = model(img1, img2, with_bw=False), None
+        plain = model(img1, img2, with_bw=False)
         model.normalize_corr_features = True
         normed = model(img1, img2, with_bw=False)
     assert hits["normalized"] > 0.3 and hits["raw"] < 0.1, hits

@@ -114,7 +114,7 @@ def mismatch(
     return "; ".join(parts)
 
 
-class _ScalarsOnCpu(TorchFunctionMode):
+class _ShapesOnly(TorchFunctionMode):
     """Hiera and TinyViT compute drop-path rates with torch.linspace(...).item(), which a meta tensor
     cannot answer: keep that one call on the CPU while the rest of a model is built on the meta device.
     SAM 2 puts tensors on "cuda" whenever CUDA is available (its RoPE table by .to("cuda"), which a meta
@@ -134,7 +134,7 @@ class _ScalarsOnCpu(TorchFunctionMode):
 
 def shapes_of(build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
     """Parameter and buffer shapes of the model `build` makes, built on the meta device (no memory)."""
-    with torch.device("meta"), _ScalarsOnCpu():
+    with torch.device("meta"), _ShapesOnly():
         model = build()
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

@@ -121,8 +121,8 @@ class PWCLite(nn.Module):
         flow = None
         costs_of = normalize_for_costs if self.normalize_corr_features else _identity
         for level in range(self.num_levels):
-            x1 = pair(feats[level])[0]
-            c1, c2 = pair(costs_of(feats[level]))
+            x1, x2 = pair(feats[level])
+            c1, c2 = pair(costs_of(feats[level])) if self.normalize_corr_features else (x1, x2)
             if flow is None:
                 flow = x1.new_zeros(x1.shape[0], 2, *x1.shape[-2:])
                 warp = _identity
